@@ -1,0 +1,42 @@
+"""simsam_jax: SimSAM (Towle, Chen, Zhou, ISBI 2024) in JAX/Flax NNX."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.7",
+    "flax>=0.12",
+    "optax",
+    "orbax-checkpoint",
+    "numpy",
+    "absl-py",
+    "ml-collections",
+    "Pillow",
+    "tifffile",
+    "scipy",
+    "safetensors",
+    "tqdm",
+]
+
+# Reference implementations used only by the tests. torch is pinned to the
+# CPU build available to this project; any looser spec resolves to a CUDA
+# build of several GB.
+TEST_REQUIRES = [
+    "pytest",
+    "torch==2.13.0",
+    "transformers",
+    "segment-anything",
+]
+
+setuptools.setup(
+    name="simsam_jax",
+    version="0.1.0",
+    description="SimSAM zero-shot medical image segmentation with SAM in JAX/Flax",
+    packages=setuptools.find_packages(include=["simsam_jax", "simsam_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        # Reading official `.pth` checkpoints needs torch; nothing else does.
+        "torch": ["torch==2.13.0"],
+        "test": TEST_REQUIRES,
+    },
+)

@@ -1,0 +1,8 @@
+"""Flax NNX port of the Segment Anything Model."""
+
+from simsam_jax.modeling.config import PRESETS, SamConfig, get_preset
+from simsam_jax.modeling.sam import (Sam, SamFunctions, abstract_sam, build_sam,
+                                     make_sam_functions)
+
+__all__ = ["PRESETS", "SamConfig", "get_preset", "Sam", "SamFunctions",
+           "abstract_sam", "build_sam", "make_sam_functions"]

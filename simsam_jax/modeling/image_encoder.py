@@ -1,0 +1,164 @@
+"""SAM's image encoder: a ViT with windowed and global attention, and a neck.
+
+Mirrors `segment_anything/modeling/image_encoder.py` (`ImageEncoderViT`) and
+Hugging Face `SamVisionEncoder`. Feature maps are NHWC throughout.
+
+Deviations from the PyTorch reference:
+  * NHWC instead of NCHW, so the neck's LayerNorm2d is a plain LayerNorm over
+    the last axis and no transposes are needed.
+  * Relative position tables are used at their stored size; the reference
+    interpolates them when the stored size differs from the attention size,
+    which never happens for a checkpoint of the configured architecture (the
+    converter rejects mismatched tables instead of resizing them silently).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from simsam_jax.modeling.config import SamConfig
+from simsam_jax.modeling.layers import MLPBlock, gelu, layer_norm, torch_like_linear
+
+
+def relative_position_index(size: int) -> jax.Array:
+  """(size, size) int32 index into a (2*size-1, C) table: i - j + size - 1."""
+  coords = jnp.arange(size)
+  return coords[:, None] - coords[None, :] + (size - 1)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with decomposed relative position bias.
+
+  Args of `__call__`:
+    x: (B, H, W, C) float, with H == W == the size the tables were built for
+      (window size, or the full grid for global blocks).
+  Returns:
+    (B, H, W, C).
+  """
+
+  def __init__(self, dim: int, num_heads: int, input_size: int, *,
+               rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    head_dim = dim // num_heads
+    self.scale = head_dim ** -0.5
+    self.qkv = torch_like_linear(dim, 3 * dim, rngs)
+    self.proj = torch_like_linear(dim, dim, rngs)
+    # PyTorch initialises these at zero; random values keep tests decisive.
+    init = jax.nn.initializers.normal(0.02)
+    self.rel_pos_h = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
+    self.rel_pos_w = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    heads = self.num_heads
+    qkv = self.qkv(x).reshape(b, h, w, 3, heads, c // heads)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # (B,H,W,n,d)
+    attn = jnp.einsum("bhwnd,bxynd->bnhwxy", q * self.scale, k)
+    # Decomposed relative positions use the unscaled query, as the reference.
+    rh = self.rel_pos_h[...][relative_position_index(h)]  # (H, Hk, d)
+    rw = self.rel_pos_w[...][relative_position_index(w)]  # (W, Wk, d)
+    rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, rh)
+    rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, rw)
+    attn = attn + rel_h[..., :, None] + rel_w[..., None, :]
+    attn = attn.reshape(b, heads, h, w, h * w)
+    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bnhwk,bknd->bhwnd", attn, v.reshape(b, h * w, heads, -1))
+    return self.proj(out.reshape(b, h, w, c))
+
+
+def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
+  """Zero-pads (B, H, W, C) to multiples of `window` and splits it.
+
+  Returns:
+    windows: (B * nH * nW, window, window, C) and the padded (Hp, Wp).
+  """
+  b, h, w, c = x.shape
+  pad_h, pad_w = (-h) % window, (-w) % window
+  x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  hp, wp = h + pad_h, w + pad_w
+  x = x.reshape(b, hp // window, window, wp // window, window, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
+  return x, (hp, wp)
+
+
+def window_unpartition(windows: jax.Array, window: int, padded: tuple[int, int],
+                       original: tuple[int, int]) -> jax.Array:
+  """Inverse of `window_partition`: (B*nH*nW, w, w, C) -> (B, H, W, C)."""
+  hp, wp = padded
+  h, w = original
+  c = windows.shape[-1]
+  x = windows.reshape(-1, hp // window, wp // window, window, window, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
+  return x[:, :h, :w, :]
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block; windowed attention when `window_size` > 0.
+
+  Args of `__call__`:
+    x: (B, G, G, C) float, G = image_size // patch_size.
+  Returns:
+    (B, G, G, C).
+  """
+
+  def __init__(self, config: SamConfig, window_size: int, *, rngs: nnx.Rngs):
+    dim = config.encoder_dim
+    self.window_size = window_size
+    input_size = window_size if window_size > 0 else config.image_embedding_size
+    self.norm1 = layer_norm(dim, config.encoder_layer_norm_eps, rngs)
+    self.attn = Attention(dim, config.encoder_num_heads, input_size, rngs=rngs)
+    self.norm2 = layer_norm(dim, config.encoder_layer_norm_eps, rngs)
+    self.mlp = MLPBlock(dim, config.encoder_mlp_dim, gelu, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shortcut = x
+    x = self.norm1(x)
+    if self.window_size > 0:
+      h, w = x.shape[1:3]
+      x, padded = window_partition(x, self.window_size)
+      x = self.attn(x)
+      x = window_unpartition(x, self.window_size, padded, (h, w))
+    else:
+      x = self.attn(x)
+    x = shortcut + x
+    return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoder(nnx.Module):
+  """ViT image encoder with neck (SAM's `ImageEncoderViT`).
+
+  Args of `__call__`:
+    pixels: (B, S, S, 3) float32, S = config.image_size; normalised with SAM's
+      pixel mean/std and zero-padded (see `simsam_jax.processing`).
+  Returns:
+    image embeddings (B, G, G, prompt_embed_dim), G = S // patch_size.
+  """
+
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+    dim, grid, p = config.encoder_dim, config.image_embedding_size, config.patch_size
+    self.patch_embed = nnx.Conv(3, dim, kernel_size=(p, p), strides=(p, p),
+                                padding="VALID", rngs=rngs)
+    self.pos_embed = nnx.Param(
+        jax.random.normal(rngs.params(), (1, grid, grid, dim)) * 0.02)
+    global_idx = set(config.encoder_global_attn_indexes)
+    self.blocks = nnx.List([
+        Block(config, 0 if i in global_idx else config.encoder_window_size,
+              rngs=rngs)
+        for i in range(config.encoder_depth)
+    ])
+    out = config.prompt_embed_dim
+    self.neck_conv1 = nnx.Conv(dim, out, kernel_size=(1, 1), use_bias=False,
+                               rngs=rngs)
+    self.neck_norm1 = layer_norm(out, 1e-6, rngs)
+    self.neck_conv2 = nnx.Conv(out, out, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                               use_bias=False, rngs=rngs)
+    self.neck_norm2 = layer_norm(out, 1e-6, rngs)
+
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    x = self.patch_embed(pixels) + self.pos_embed[...]
+    for block in self.blocks:
+      x = block(x)
+    x = self.neck_norm1(self.neck_conv1(x))
+    return self.neck_norm2(self.neck_conv2(x))

@@ -1,0 +1,153 @@
+"""The Segment Anything Model: image encoder + prompt encoder + mask decoder.
+
+Two entry points that jit separately:
+
+* `Sam.encode_image(pixels)`: once per image batch.
+* `Sam.decode(image_embeddings, ...)`: any number P of prompt sets per image
+  against that embedding. The decoder is vmapped over prompts with the image
+  embedding unbatched, so the caller never copies the embedding P times.
+
+`make_sam_functions` returns `jax.jit` compiled versions that take the model's
+split state as an argument (never as a static argument).
+
+Deviations from the PyTorch reference (see also each part's module):
+  * NHWC image embeddings (B, G, G, C) instead of NCHW.
+  * `Sam` holds no pixel mean/std buffers; normalisation lives in
+    `simsam_jax.processing`, which mirrors the official predictor and the
+    Hugging Face processor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from simsam_jax.modeling.config import SamConfig
+from simsam_jax.modeling.image_encoder import ImageEncoder
+from simsam_jax.modeling.mask_decoder import MaskDecoder
+from simsam_jax.modeling.prompt_encoder import PromptEncoder
+
+
+class Sam(nnx.Module):
+  """SAM in Flax NNX. Build with `Sam(config, rngs=nnx.Rngs(seed))`."""
+
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.image_encoder = ImageEncoder(config, rngs=rngs)
+    self.prompt_encoder = PromptEncoder(config, rngs=rngs)
+    self.mask_decoder = MaskDecoder(config, rngs=rngs)
+
+  def encode_image(self, pixels: jax.Array) -> jax.Array:
+    """Image embeddings.
+
+    Args:
+      pixels: (B, S, S, 3) float32, S = config.image_size: resized, normalised
+        with SAM's pixel mean/std and zero-padded (`processing.preprocess`).
+    Returns:
+      (B, G, G, C) float32, G = S // patch_size, C = prompt_embed_dim.
+    """
+    s = self.config.image_size
+    if pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
+      raise ValueError(
+          f"pixels must have shape (B, {s}, {s}, 3); got {pixels.shape}")
+    return self.image_encoder(pixels)
+
+  def decode(self, image_embeddings: jax.Array,
+             points: Optional[jax.Array] = None,
+             point_labels: Optional[jax.Array] = None,
+             boxes: Optional[jax.Array] = None,
+             mask_inputs: Optional[jax.Array] = None,
+             multimask_output: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Decodes P prompt sets per image.
+
+    Args:
+      image_embeddings: (B, G, G, C) float32 from `encode_image`.
+      points: (B, P, N, 2) float32 (x, y) pixels in the S x S model frame.
+      point_labels: (B, P, N) int32: 1 positive, 0 negative, -1 not a point.
+      boxes: (B, P, 4) float32 (x0, y0, x1, y1) in the model frame.
+      mask_inputs: (B, P, M, M) float32 dense mask prompts, M = 4G (256).
+      multimask_output: static; True returns the `num_multimask_outputs`
+        ambiguity masks, False the single-mask output (token 0).
+    At least one of points, boxes, mask_inputs is required; all given ones
+    share (B, P).
+
+    Returns:
+      low_res_logits: (B, P, K, M, M) float32, K = 3 (multimask) or 1.
+      iou_predictions: (B, P, K) float32.
+    """
+    prompts = {"points": points, "point_labels": point_labels,
+               "box": boxes, "mask": mask_inputs}
+    prompts = {k: v for k, v in prompts.items() if v is not None}
+    if ("points" in prompts) != ("point_labels" in prompts):
+      raise ValueError("points and point_labels must be given together")
+    if not prompts:
+      raise ValueError("decode needs points, boxes or mask_inputs")
+    lead = {k: tuple(v.shape[:2]) for k, v in prompts.items()}
+    if len(set(lead.values())) != 1:
+      raise ValueError(f"prompt arrays disagree on (B, P): {lead}")
+    b = image_embeddings.shape[0]
+    if next(iter(lead.values()))[0] != b:
+      raise ValueError(
+          f"prompts have batch {next(iter(lead.values()))[0]} but "
+          f"image_embeddings have batch {b}")
+
+    image_pe = self.prompt_encoder.dense_positional_encoding()
+
+    def one(embedding, prompt):
+      sparse, dense = self.prompt_encoder(
+          prompt.get("points"), prompt.get("point_labels"),
+          prompt.get("box"), prompt.get("mask"))
+      return self.mask_decoder(embedding, image_pe, sparse, dense)
+
+    per_image = jax.vmap(one, in_axes=(None, 0))  # over prompts
+    masks, iou = jax.vmap(per_image, in_axes=(0, 0))(image_embeddings, prompts)
+    if multimask_output:
+      return masks[:, :, 1:], iou[:, :, 1:]
+    return masks[:, :, :1], iou[:, :, :1]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamFunctions:
+  """Compiled SAM entry points over a split model.
+
+  `encode(state, pixels)` and `decode(state, image_embeddings, points,
+  point_labels, boxes, mask_inputs, multimask_output)`; `state` is the
+  model's `nnx.State` (an argument, so new weights need no recompilation).
+  """
+  graphdef: nnx.GraphDef
+  encode: Callable
+  decode: Callable
+
+
+def make_sam_functions(model: Sam) -> tuple[SamFunctions, nnx.State]:
+  """Splits `model` once and returns jitted entry points and its state."""
+  graphdef, state = nnx.split(model)
+
+  def encode(state, pixels):
+    return nnx.merge(graphdef, state).encode_image(pixels)
+
+  def decode(state, image_embeddings, points=None, point_labels=None,
+             boxes=None, mask_inputs=None, multimask_output=False):
+    return nnx.merge(graphdef, state).decode(
+        image_embeddings, points, point_labels, boxes, mask_inputs,
+        multimask_output)
+
+  return SamFunctions(
+      graphdef=graphdef,
+      encode=jax.jit(encode),
+      decode=jax.jit(decode, static_argnames=("multimask_output",)),
+  ), state
+
+
+def build_sam(config: SamConfig, seed: int = 0) -> Sam:
+  """A randomly initialised SAM (weights come from a checkpoint normally)."""
+  return Sam(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_sam(config: SamConfig) -> Sam:
+  """SAM with `jax.ShapeDtypeStruct` leaves, for shape checks and restoring."""
+  return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
