@@ -144,19 +144,21 @@ PRESETS = {
     "vit_l": _vit(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _vit(1280, 32, 16, (7, 15, 23, 31)),
     # Small presets for tests: odd sizes everywhere, windows that need padding
-    # (grid 10 with window 3 -> 12), more than one global block.
+    # (grid 10 with window 3 -> 12; grid 7 with window 5 -> 10), one or two
+    # global blocks. They keep 8 decoder heads like every released SAM, since
+    # the decoder's head count is not recorded in checkpoint tensors.
     "tiny": SamConfig(
         image_size=80, patch_size=8, encoder_dim=24, encoder_depth=3,
         encoder_num_heads=3, encoder_mlp_dim=40, encoder_window_size=3,
         encoder_global_attn_indexes=(1,), prompt_embed_dim=32,
-        mask_in_chans=8, decoder_depth=2, decoder_num_heads=4,
+        mask_in_chans=16, decoder_depth=2, decoder_num_heads=8,
         decoder_mlp_dim=24, num_multimask_outputs=3, iou_head_depth=3,
         iou_head_hidden_dim=20),
     "tiny_wide": SamConfig(
         image_size=112, patch_size=16, encoder_dim=40, encoder_depth=4,
         encoder_num_heads=5, encoder_mlp_dim=72, encoder_window_size=5,
         encoder_global_attn_indexes=(1, 3), prompt_embed_dim=48,
-        mask_in_chans=12, decoder_depth=3, decoder_num_heads=3,
+        mask_in_chans=20, decoder_depth=3, decoder_num_heads=8,
         decoder_mlp_dim=56, num_multimask_outputs=2, iou_head_depth=4,
         iou_head_hidden_dim=28),
 }

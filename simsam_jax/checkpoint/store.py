@@ -1,0 +1,110 @@
+"""Saving converted SAM weights with Orbax and restoring a ready model.
+
+A converted checkpoint is a folder:
+
+  params/          Orbax (StandardCheckpointer) checkpoint of the model state
+                   as a pure nested dict of float32 arrays.
+  simsam_jax.json  sidecar: architecture (`SamConfig` fields), source format,
+                   source path and sha256, library version.
+
+Restoring needs neither torch nor the source file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from simsam_jax.checkpoint.sources import CheckpointError
+from simsam_jax.modeling.config import PRESETS, SamConfig
+from simsam_jax.modeling.sam import Sam, abstract_sam
+
+SIDECAR = "simsam_jax.json"
+PARAMS = "params"
+FORMAT_VERSION = 1
+
+
+def matching_preset(config: SamConfig) -> str | None:
+  """Name of the preset whose shapes `config` has, ignoring LayerNorm eps."""
+  import dataclasses
+  strip = lambda c: dataclasses.replace(c, transformer_layer_norm_eps=0.0,
+                                         final_layer_norm_eps=0.0,
+                                         encoder_layer_norm_eps=0.0)
+  for name, preset in PRESETS.items():
+    if strip(preset) == strip(config):
+      return name
+  return None
+
+
+def save_checkpoint(dst: str, state: nnx.State, config: SamConfig,
+                    source: dict[str, Any]) -> None:
+  """Writes `dst` atomically: into a temporary sibling, then renamed.
+
+  Raises FileExistsError if `dst` exists; nothing is left at `dst` on error.
+  """
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst):
+    raise FileExistsError(f"--dst {dst} already exists; remove it or choose another")
+  parent = os.path.dirname(dst)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".tmp-", dir=parent)
+  try:
+    pure = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, PARAMS), pure)
+    checkpointer.wait_until_finished()
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        "architecture": config.to_dict(),
+        "preset": matching_preset(config),
+        "source": source,
+        "num_parameters": int(sum(np.size(x) for x in jax.tree.leaves(pure))),
+    }
+    from simsam_jax import __version__
+    sidecar["simsam_jax_version"] = __version__
+    with open(os.path.join(tmp, SIDECAR), "w") as f:
+      json.dump(sidecar, f, indent=2)
+    os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_sidecar(ckpt_dir: str) -> dict[str, Any]:
+  path = os.path.join(ckpt_dir, SIDECAR)
+  if not os.path.isfile(path):
+    raise CheckpointError(ckpt_dir, [
+        f"not a simsam_jax checkpoint: {SIDECAR} is missing (convert official "
+        "or Hugging Face weights with `python -m simsam_jax.convert`)"])
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+    meta["config"] = SamConfig.from_dict(meta["architecture"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(ckpt_dir, [f"unreadable {SIDECAR}: {e}"]) from e
+  return meta
+
+
+def load_model(ckpt_dir: str) -> Sam:
+  """Restores a ready `Sam` from a folder written by `save_checkpoint`."""
+  meta = read_sidecar(ckpt_dir)
+  config = meta["config"]
+  model = abstract_sam(config)
+  graphdef, abstract_state = nnx.split(model)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        nnx.to_pure_dict(abstract_state))
+  try:
+    restored = ocp.StandardCheckpointer().restore(
+        os.path.abspath(os.path.join(ckpt_dir, PARAMS)), target)
+  except Exception as e:
+    raise CheckpointError(ckpt_dir, [f"cannot restore {PARAMS}/ ({type(e).__name__}: {e})"]) from e
+  nnx.replace_by_pure_dict(abstract_state, restored)
+  return nnx.merge(graphdef, abstract_state)

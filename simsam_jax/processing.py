@@ -1,0 +1,511 @@
+"""SAM's pre- and post-processing: resize, normalise, pad; logits back out.
+
+Mirrors the official `segment_anything` predictor (`ResizeLongestSide`,
+`Sam.preprocess`, `Sam.postprocess_masks`) and the Hugging Face
+`SamImageProcessor` (`preprocess`, `post_process_masks`):
+
+1. `resize_longest_side`: the longer image side becomes `image_size` (1024),
+   the other keeps the aspect ratio (rounded half up), PIL bilinear resampling
+   of the uint8 image.
+2. `normalize_and_pad`: `(pixel - PIXEL_MEAN) / PIXEL_STD` on the 0-255 scale,
+   then zero padding at the bottom and right to `image_size` x `image_size`.
+3. The model predicts low-resolution logits (`image_size / 4` square, 256).
+   `upscale_logits` undoes steps 2 and 1 on them: bilinear upsampling to the
+   padded square, crop of the padding, bilinear resize to the original size.
+
+Conventions: images are HWC (or NHWC) numpy uint8 RGB; coordinates are
+`(x, y)` in pixels; sizes are `(height, width)`. Pre-processing is host-side
+numpy (it needs PIL); post-processing is pure JAX and jittable, with every
+shape static (taken from `ImageInfo` or plain ints).
+
+Deliberate deviations from the PyTorch references, with their reasons:
+
+* Channels last. Pixels come out as (S, S, 3) and not (3, S, S) because the
+  Flax model is NHWC; the values are the same (transpose to compare).
+* Resizing uses PIL's bilinear filter on the uint8 image, exactly what both
+  references do (torchvision's `resize` of a PIL image calls
+  `PIL.Image.resize(..., BILINEAR)`; HF's PIL backend does the same), but
+  without torchvision, which is not a dependency. PIL's bilinear filter
+  antialiases when it shrinks, so the result is *not* equal to
+  `F.interpolate(..., antialias=False)`; `ResizeLongestSide.apply_image_torch`
+  is the official code's own approximate variant and is not reproduced.
+* `preprocess_shape` raises `ValueError` when a side would round to 0 pixels
+  (an extreme aspect ratio such as 1 x 3000), where the references return 0 and
+  fail later inside the resize.
+* `apply_boxes` keeps the leading shape of its input, (..., 4) -> (..., 4);
+  the official `apply_boxes` flattens to (N, 4). Values are identical.
+* Coordinates are computed in float64 like the references and returned as
+  float32, the dtype the official predictor casts them to before the prompt
+  encoder. HF keeps float64 (and casts boxes to float32 *before* scaling), so
+  HF values can differ from ours in the last float32 bit for non-integral
+  boxes.
+* `normalize_and_pad` computes in float32 with float32 constants, the same IEEE
+  operations as the official `Sam.preprocess` (bit-identical); HF first
+  rescales to [0, 1] and normalises with ImageNet mean/std, algebraically the
+  same, within 1e-6 of ours.
+* Logit resizing uses `jax.image.resize(method="linear", antialias=False)`,
+  which equals `F.interpolate(mode="bilinear", align_corners=False)` (half-pixel
+  centres, edge samples clamped) up to float32 rounding (~1e-6).
+* `load_image` drops an alpha channel (the pixel values under it are kept, as
+  OpenCV's `imread` does for the official demo); HF's `convert_to_rgb`
+  composites RGBA onto white instead. EXIF orientation is *not* applied, so
+  images stay aligned with ground-truth masks stored without it. Images with
+  more than 8 bits per channel are rejected rather than silently rescaled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+DEFAULT_IMAGE_SIZE = 1024
+# Ratio between the padded model input side and the low-resolution logits side.
+LOW_RES_DOWNSCALE = 4
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+Size = Tuple[int, int]
+PathLike = Union[str, os.PathLike]
+
+
+def _as_size(size: Sequence[int], name: str) -> Size:
+  """Returns `size` as a `(height, width)` tuple of positive Python ints."""
+  try:
+    height, width = (int(dim) for dim in size)
+  except (TypeError, ValueError) as error:
+    raise ValueError(
+        f"{name} must be a (height, width) pair of ints, got {size!r}"
+    ) from error
+  if height <= 0 or width <= 0:
+    raise ValueError(f"{name} must be positive, got {(height, width)}")
+  return height, width
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+  """Sizes that link an input image to the padded model input.
+
+  Hashable, so it can be a static argument of `jax.jit`.
+
+  Attributes:
+    original_size: (height, width) of the image as loaded.
+    resized_size: (height, width) after `resize_longest_side`; the valid,
+      unpadded top-left corner of the model input.
+    image_size: side of the square, padded model input (1024).
+  """
+
+  original_size: Size
+  resized_size: Size
+  image_size: int = DEFAULT_IMAGE_SIZE
+
+  def __post_init__(self):
+    object.__setattr__(self, "original_size",
+                       _as_size(self.original_size, "original_size"))
+    object.__setattr__(self, "resized_size",
+                       _as_size(self.resized_size, "resized_size"))
+    object.__setattr__(self, "image_size", int(self.image_size))
+    if max(self.resized_size) > self.image_size:
+      raise ValueError(f"resized_size={self.resized_size} does not fit in "
+                       f"image_size={self.image_size}")
+
+  @property
+  def low_res_size(self) -> int:
+    """Side of the square low-resolution logits of the mask decoder (256)."""
+    return self.image_size // LOW_RES_DOWNSCALE
+
+
+# ----------------------------------------------------------------------------
+# Pre-processing (numpy, host side).
+# ----------------------------------------------------------------------------
+
+
+def preprocess_shape(height: int, width: int,
+                     long_side: int = DEFAULT_IMAGE_SIZE) -> Size:
+  """Size of an image after resizing its longest side to `long_side`.
+
+  Same arithmetic as the official `ResizeLongestSide.get_preprocess_shape`
+  and HF `SamImageProcessor._get_preprocess_shape`: each side is scaled by
+  `long_side / max(height, width)` and rounded half up.
+
+  Args:
+    height: image height in pixels, > 0.
+    width: image width in pixels, > 0.
+    long_side: target length of the longest side in pixels, > 0.
+
+  Returns:
+    (new_height, new_width), both in [1, long_side].
+
+  Raises:
+    ValueError: on non-positive sizes, or when a side would round to 0.
+  """
+  height, width = _as_size((height, width), "(height, width)")
+  if int(long_side) <= 0:
+    raise ValueError(f"long_side must be positive, got {long_side}")
+  scale = int(long_side) * 1.0 / max(height, width)
+  new_height = int(height * scale + 0.5)
+  new_width = int(width * scale + 0.5)
+  if new_height == 0 or new_width == 0:
+    raise ValueError(
+        f"an image of size {(height, width)} resized to long side {long_side} "
+        f"has a side of 0 pixels ({(new_height, new_width)})")
+  return new_height, new_width
+
+
+def _as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+  """Checks a uint8 image and returns it as a contiguous HxWx3 array.
+
+  Args:
+    image: (H, W), (H, W, 1) or (H, W, 3) uint8, values 0-255.
+    name: how to call the argument in error messages.
+  """
+  if not isinstance(image, np.ndarray):
+    raise ValueError(f"{name} must be a numpy array, got {type(image)}")
+  if image.dtype != np.uint8:
+    raise ValueError(f"{name} must be uint8 (values 0-255), got dtype "
+                     f"{image.dtype}")
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"{name} must be HxW, HxWx1 or HxWx3 (RGB), got shape "
+                     f"{image.shape}")
+  if image.shape[0] == 0 or image.shape[1] == 0:
+    raise ValueError(f"{name} is empty, shape {image.shape}")
+  return np.ascontiguousarray(image)
+
+
+def resize_longest_side(image: np.ndarray,
+                        long_side: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+  """Resizes an image so that its longest side is `long_side` pixels.
+
+  PIL bilinear resampling of the uint8 image (antialiased when shrinking), as
+  the official `ResizeLongestSide.apply_image` and HF `SamImageProcessor`;
+  equal to HF's resized image bit for bit.
+
+  Args:
+    image: (H, W, 3) uint8 RGB, values 0-255. Grayscale (H, W) or (H, W, 1)
+      is replicated to 3 channels.
+    long_side: length in pixels of the longest output side, > 0.
+
+  Returns:
+    (new_H, new_W, 3) uint8 RGB with `(new_H, new_W) = preprocess_shape(H, W,
+    long_side)`.
+
+  Raises:
+    ValueError: on another dtype or shape.
+  """
+  image = _as_rgb_uint8(image)
+  new_height, new_width = preprocess_shape(image.shape[0], image.shape[1],
+                                           long_side)
+  resized = Image.fromarray(image).resize((new_width, new_height),
+                                          Image.BILINEAR)
+  return np.asarray(resized)
+
+
+def normalize_and_pad(resized_image: np.ndarray,
+                      image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+  """Normalises pixel values and zero-pads to a square model input.
+
+  `(pixel - PIXEL_MEAN) / PIXEL_STD` in float32 (the official `Sam.preprocess`
+  arithmetic), then zeros below and to the right.
+
+  Args:
+    resized_image: (h, w, 3) uint8 RGB, values 0-255, h and w <= image_size
+      (the output of `resize_longest_side`). Grayscale (h, w) or (h, w, 1) is
+      replicated to 3 channels.
+    image_size: side of the padded output.
+
+  Returns:
+    (image_size, image_size, 3) float32, roughly in [-2.2, 2.7] inside the
+    top-left (h, w) corner and 0 in the padding.
+  """
+  resized_image = _as_rgb_uint8(resized_image, "resized_image")
+  height, width = resized_image.shape[:2]
+  if height > image_size or width > image_size:
+    raise ValueError(f"resized_image of size {(height, width)} does not fit in "
+                     f"image_size={image_size}")
+  mean = np.asarray(PIXEL_MEAN, dtype=np.float32)
+  std = np.asarray(PIXEL_STD, dtype=np.float32)
+  padded = np.zeros((image_size, image_size, 3), dtype=np.float32)
+  padded[:height, :width] = (resized_image.astype(np.float32) - mean) / std
+  return padded
+
+
+def preprocess(image: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE
+               ) -> Tuple[np.ndarray, ImageInfo]:
+  """Turns an image into SAM's model input.
+
+  Args:
+    image: (H, W, 3) uint8 RGB, values 0-255 (or grayscale (H, W) /
+      (H, W, 1)).
+    image_size: side of the square model input (1024 for the released SAM).
+
+  Returns:
+    pixels: (image_size, image_size, 3) float32, normalised and zero-padded.
+    info: the original and resized sizes, for `apply_coords`,
+      `apply_boxes` and `postprocess_logits`.
+  """
+  image = _as_rgb_uint8(image)
+  resized = resize_longest_side(image, image_size)
+  info = ImageInfo(original_size=image.shape[:2],
+                   resized_size=resized.shape[:2], image_size=image_size)
+  return normalize_and_pad(resized, image_size), info
+
+
+def apply_coords(coords: np.ndarray, original_size: Sequence[int],
+                 resized_size: Sequence[int]) -> np.ndarray:
+  """Maps point coordinates from the original image to the model input.
+
+  `x * new_w / old_w`, `y * new_h / old_h` in float64 as the official
+  `ResizeLongestSide.apply_coords`, then cast to float32.
+
+  Args:
+    coords: (..., 2) array-like of (x, y) pixel coordinates in the original
+      image, any real dtype, values usually in [0, W] x [0, H].
+    original_size: (H, W) of the original image.
+    resized_size: (new_H, new_W) of the resized image (`ImageInfo`).
+
+  Returns:
+    (..., 2) float32 (x, y) in model-input pixels.
+  """
+  old_height, old_width = _as_size(original_size, "original_size")
+  new_height, new_width = _as_size(resized_size, "resized_size")
+  coords = np.array(coords, dtype=np.float64)
+  if coords.ndim == 0 or coords.shape[-1] != 2:
+    raise ValueError(f"coords must have shape (..., 2), got {coords.shape}")
+  coords[..., 0] = coords[..., 0] * (new_width / old_width)
+  coords[..., 1] = coords[..., 1] * (new_height / old_height)
+  return coords.astype(np.float32)
+
+
+def apply_boxes(boxes: np.ndarray, original_size: Sequence[int],
+                resized_size: Sequence[int]) -> np.ndarray:
+  """Maps boxes from the original image to the model input.
+
+  Args:
+    boxes: (..., 4) array-like of (x0, y0, x1, y1) pixel boxes in the
+      original image, any real dtype.
+    original_size: (H, W) of the original image.
+    resized_size: (new_H, new_W) of the resized image (`ImageInfo`).
+
+  Returns:
+    (..., 4) float32 boxes in model-input pixels (leading shape kept).
+  """
+  boxes = np.asarray(boxes)
+  if boxes.ndim == 0 or boxes.shape[-1] != 4:
+    raise ValueError(f"boxes must have shape (..., 4), got {boxes.shape}")
+  corners = apply_coords(boxes.reshape(boxes.shape[:-1] + (2, 2)),
+                         original_size, resized_size)
+  return corners.reshape(boxes.shape)
+
+
+# ----------------------------------------------------------------------------
+# Post-processing (pure JAX, jittable).
+# ----------------------------------------------------------------------------
+
+
+def resize_logits_to(logits: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear resize of the last two axes, without antialiasing.
+
+  Equals `torch.nn.functional.interpolate(mode="bilinear",
+  align_corners=False)` (half-pixel centres, clamped edges) up to float32
+  rounding, also when shrinking.
+
+  Args:
+    logits: (..., h, w) float logits (any real dtype; integers become
+      float32).
+    size: (new_h, new_w) static output size.
+
+  Returns:
+    (..., new_h, new_w), float32 or wider.
+  """
+  logits = jnp.asarray(logits)
+  if logits.ndim < 2:
+    raise ValueError(f"logits must have shape (..., h, w), got {logits.shape}")
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  size = _as_size(size, "size")
+  return jax.image.resize(logits.astype(dtype), logits.shape[:-2] + size,
+                          method="linear", antialias=False)
+
+
+@functools.partial(jax.jit, static_argnames=("image_size", "resized_size",
+                                             "original_size"))
+def _upscale_logits(low_res_logits: jax.Array, image_size: int,
+                    resized_size: Size, original_size: Size) -> jax.Array:
+  padded = resize_logits_to(low_res_logits, (image_size, image_size))
+  cropped = padded[..., :resized_size[0], :resized_size[1]]
+  return resize_logits_to(cropped, original_size)
+
+
+def upscale_logits(low_res_logits: jax.Array, image_size: int,
+                   resized_size: Sequence[int],
+                   original_size: Sequence[int]) -> jax.Array:
+  """Low-resolution logits back to the original image, as SAM does.
+
+  Bilinear (no antialias) upsampling to (image_size, image_size), crop of the
+  padding to `resized_size`, bilinear resize to `original_size`: the official
+  `Sam.postprocess_masks` and HF `post_process_masks(binarize=False)`.
+  Jitted per (input shape, sizes); usable inside other jitted functions.
+
+  Args:
+    low_res_logits: (..., M, M) float logits, normally M = image_size / 4
+      (256); any (..., h, w) works.
+    image_size: side of the padded model input (1024).
+    resized_size: (new_H, new_W), the unpadded part of the model input.
+    original_size: (H, W) of the original image.
+
+  Returns:
+    (..., H, W) float32 logits (> 0 is foreground).
+  """
+  resized_size = _as_size(resized_size, "resized_size")
+  original_size = _as_size(original_size, "original_size")
+  image_size = int(image_size)
+  if max(resized_size) > image_size:
+    raise ValueError(f"resized_size={resized_size} does not fit in "
+                     f"image_size={image_size}")
+  return _upscale_logits(low_res_logits, image_size=image_size,
+                         resized_size=resized_size,
+                         original_size=original_size)
+
+
+def postprocess_logits(low_res_logits: jax.Array,
+                       info: ImageInfo) -> jax.Array:
+  """`upscale_logits` with the sizes of `info`.
+
+  Args:
+    low_res_logits: (..., M, M) float logits of the mask decoder,
+      M = info.image_size / 4 (256).
+    info: sizes from `preprocess`.
+
+  Returns:
+    (..., H, W) float32 logits at `info.original_size`.
+  """
+  return upscale_logits(low_res_logits, info.image_size, info.resized_size,
+                        info.original_size)
+
+
+def postprocess_masks(low_res_logits: jax.Array, info: ImageInfo,
+                      mask_threshold: float = 0.0) -> jax.Array:
+  """Binary masks at the original image size.
+
+  Args:
+    low_res_logits: (..., M, M) float logits of the mask decoder.
+    info: sizes from `preprocess`.
+    mask_threshold: logit threshold (SAM uses 0.0).
+
+  Returns:
+    (..., H, W) bool, True for `logits > mask_threshold`.
+  """
+  return postprocess_logits(low_res_logits, info) > mask_threshold
+
+
+# ----------------------------------------------------------------------------
+# Image files.
+# ----------------------------------------------------------------------------
+
+
+def _to_rgb(image: np.ndarray, path: PathLike) -> np.ndarray:
+  """(H, W), (H, W, 1|2|3|4) uint8/bool array -> (H, W, 3) uint8 RGB."""
+  if image.dtype == np.bool_:
+    image = image.astype(np.uint8) * 255
+  if image.dtype != np.uint8:
+    raise ValueError(f"{path}: {image.dtype} pixels are not supported "
+                     "(expected 8 bits per channel); convert the image to "
+                     "8-bit first")
+  if image.ndim == 3 and image.shape[-1] in (2, 4):  # Gray+alpha or RGBA.
+    image = image[..., :-1]
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"{path}: expected a single 2-D grayscale, RGB or RGBA "
+                     f"image, got an array of shape {image.shape}")
+  if image.shape[0] == 0 or image.shape[1] == 0:
+    raise ValueError(f"{path}: the image is empty, shape {image.shape}")
+  return np.ascontiguousarray(image)
+
+
+def _read_tiff(path: PathLike) -> np.ndarray:
+  import tifffile  # pylint: disable=import-outside-toplevel
+
+  with tifffile.TiffFile(path) as tiff:
+    if not tiff.series:
+      raise ValueError("no image in the file (truncated or invalid TIFF)")
+    series = tiff.series[0]
+    image = series.asarray()
+    axes = series.axes
+  if image.size == 0:
+    raise ValueError("no pixel data (truncated or invalid TIFF)")
+  if axes == "SYX":  # Planar RGB(A): samples first.
+    image = np.moveaxis(image, 0, -1)
+  elif axes not in ("YX", "YXS"):
+    raise ValueError(f"expected a single 2-D image, got TIFF axes {axes!r} "
+                     f"and shape {image.shape}")
+  return image
+
+
+_PIL_MODES_TOO_DEEP = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _read_with_pil(path: PathLike) -> np.ndarray:
+  with Image.open(path) as image:
+    if image.mode in _PIL_MODES_TOO_DEEP:
+      raise ValueError(f"PIL mode {image.mode!r} pixels are not supported "
+                       "(expected 8 bits per channel); convert the image to "
+                       "8-bit first")
+    image.load()  # Decodes now, so truncated files fail here.
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+      image = image.convert("RGBA")
+      return np.asarray(image)[..., :3]
+    if image.mode == "P" and "transparency" in image.info:
+      return np.asarray(image.convert("RGBA"))[..., :3]
+    return np.asarray(image.convert("RGB"))
+
+
+def load_image(path: PathLike) -> np.ndarray:
+  """Reads an image file as an RGB uint8 array.
+
+  PNG, JPEG and everything else Pillow reads go through Pillow; `.tif` /
+  `.tiff` go through `tifffile` (Pillow cannot open CVC-ClinicDB's 3-sample
+  MinIsBlack TIFFs). Grayscale is replicated to 3 channels, an alpha channel
+  is dropped, EXIF orientation is not applied.
+
+  Args:
+    path: file path.
+
+  Returns:
+    (H, W, 3) uint8 RGB, values 0-255.
+
+  Raises:
+    FileNotFoundError: when `path` does not exist.
+    ValueError: when the file is not a readable image, is truncated, or has
+      more than 8 bits per channel; the message names the file.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"image file not found: {path}")
+  if not os.path.isfile(path):
+    raise ValueError(f"not a file: {path}")
+  suffix = os.path.splitext(path)[1].lower()
+  try:
+    if suffix in _TIFF_SUFFIXES:
+      image = _read_tiff(path)
+    else:
+      image = _read_with_pil(path)
+  # Decoders raise many unrelated types (OSError, SyntaxError, ValueError,
+  # zlib.error, struct.error, ...); all mean "cannot read this file".
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise ValueError(f"cannot read image {path}: {error}") from error
+  return _to_rgb(image, path)
