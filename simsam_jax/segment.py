@@ -9,8 +9,16 @@ destination folders, renamed into place at the end):
 
 * `--out` (.png): the binary mask at the input image's resolution, 8-bit,
   values 0 and 255 (logits > 0 after `processing.postprocess_logits`).
-* the same path with `.json`: checkpoint, image, prompts, predicted IoUs, the
-  chosen mask, timings (compile time apart) and the JAX backend.
+* the same path with `.json`, keys: `method` ("sam"); `checkpoint` (spec,
+  random_weights, preset, architecture, seed, path, source_format,
+  source_sha256, source_path, image_size); `image` (spec, path, synthetic,
+  height, width); `box`, `box_source` ("flag" / "synthetic_ground_truth"),
+  `points` ([x, y, label] lists), `multimask`; `iou_predictions` (K floats),
+  `chosen_index`, `mask_foreground_fraction`; `model_frame` (image_size,
+  resized_size, box and points in the model frame, low_res_logits_shape);
+  `outputs` (absolute paths); `timings_ms` (preprocess, encode, decode,
+  postprocess) and `compile_ms` (encode, decode, postprocess) apart; `jax`
+  (backend, devices, jax_version).
 * `--save_logits` (.npy, optional): the low-resolution logits, float32
   (K, M, M), K = 1 or the number of multimask outputs.
 
@@ -498,6 +506,16 @@ def _encode_npy(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
+def _default_file_mode() -> int:
+  """Permissions of a newly created file under the current umask."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def write_files_atomically(contents: dict) -> None:
   """Writes several files so that either all appear or none does.
 
@@ -522,6 +540,7 @@ def write_files_atomically(contents: dict) -> None:
       temporaries[path] = temporary
       with os.fdopen(handle, "wb") as stream:
         stream.write(data)
+      os.chmod(temporary, _FILE_MODE)  # mkstemp makes owner-only files.
     for path, temporary in temporaries.items():
       os.replace(temporary, path)
       renamed.append(path)
@@ -547,7 +566,21 @@ def build_metadata(result: SamResult, sam: LoadedSam, image: InputImage,
                    box: Optional[Box], box_source: Optional[str],
                    points: Sequence[Point], multimask: bool, out: str,
                    save_logits: Optional[str]) -> dict:
-  """The JSON written beside the mask (all values JSON-serialisable)."""
+  """The JSON written beside the mask.
+
+  Args:
+    result: `run_sam`'s result.
+    sam: the model that produced it (its `description` is copied).
+    image: the input image.
+    box: the box prompt used, (x0, y0, x1, y1) input-image pixels, or None.
+    box_source: "flag", "synthetic_ground_truth" or None (no box).
+    points: the (x, y, label) point prompts used.
+    multimask: whether the multimask output was requested.
+    out: the mask path; save_logits: the logits path or None.
+
+  Returns:
+    A dict of JSON-serialisable values (see the module docstring).
+  """
   height, width = image.pixels.shape[:2]
   as_list = lambda array: None if array is None else np.asarray(
       array, np.float64).tolist()
@@ -718,7 +751,8 @@ def main(argv: Sequence[str]) -> None:
             box=FLAGS.box, points=FLAGS.point, save_logits=FLAGS.save_logits,
             multimask=FLAGS.multimask)
   except SegmentError as error:
-    print(f"simsam_jax.segment: error: {error}", file=sys.stderr)
+    message = " ".join(str(error).split())  # Always a single line.
+    print(f"simsam_jax.segment: error: {message}", file=sys.stderr)
     sys.exit(1)
 
 

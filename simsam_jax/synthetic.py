@@ -115,7 +115,7 @@ def phantom(height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH,
 
 
 def is_synthetic_spec(spec: str) -> bool:
-  """True for strings meant as a synthetic image (`synthetic` or `synthetic:...`)."""
+  """True for `synthetic` and any `synthetic:...` string (a phantom)."""
   return spec == SYNTHETIC_PREFIX or spec.startswith(SYNTHETIC_PREFIX + ":")
 
 

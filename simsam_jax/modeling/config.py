@@ -148,7 +148,7 @@ PRESETS = {
     # global blocks. They keep 8 decoder heads like every released SAM, since
     # the decoder's head count is not recorded in checkpoint tensors.
     "tiny": SamConfig(
-        image_size=80, patch_size=8, encoder_dim=24, encoder_depth=3,
+        image_size=160, patch_size=16, encoder_dim=24, encoder_depth=3,
         encoder_num_heads=3, encoder_mlp_dim=40, encoder_window_size=3,
         encoder_global_attn_indexes=(1,), prompt_embed_dim=32,
         mask_in_chans=16, decoder_depth=2, decoder_num_heads=8,

@@ -69,11 +69,13 @@ class Sam(nnx.Module):
       points: (B, P, N, 2) float32 (x, y) pixels in the S x S model frame.
       point_labels: (B, P, N) int32: 1 positive, 0 negative, -1 not a point.
       boxes: (B, P, 4) float32 (x0, y0, x1, y1) in the model frame.
-      mask_inputs: (B, P, M, M) float32 dense mask prompts, M = 4G (256).
+      mask_inputs: (B, P, M, M) float32 dense mask prompts, M = 4G (256), in
+        logit units; (B, 1, M, M) shares one mask across the P prompt sets
+        and embeds it once per image.
       multimask_output: static; True returns the `num_multimask_outputs`
         ambiguity masks, False the single-mask output (token 0).
     At least one of points, boxes, mask_inputs is required; all given ones
-    share (B, P).
+    share (B, P) (a shared mask may have P = 1).
 
     Returns:
       low_res_logits: (B, P, K, M, M) float32, K = 3 (multimask) or 1.
@@ -87,6 +89,11 @@ class Sam(nnx.Module):
     if not prompts:
       raise ValueError("decode needs points, boxes or mask_inputs")
     lead = {k: tuple(v.shape[:2]) for k, v in prompts.items()}
+    num_prompts = max(p for _, p in lead.values())
+    # One mask shared by all prompt sets of an image: embed it once.
+    shared_mask = "mask" in prompts and lead["mask"][1] == 1 and num_prompts > 1
+    if shared_mask:
+      lead.pop("mask")
     if len(set(lead.values())) != 1:
       raise ValueError(f"prompt arrays disagree on (B, P): {lead}")
     b = image_embeddings.shape[0]
@@ -95,16 +102,23 @@ class Sam(nnx.Module):
           f"prompts have batch {next(iter(lead.values()))[0]} but "
           f"image_embeddings have batch {b}")
 
-    image_pe = self.prompt_encoder.dense_positional_encoding()
+    encoder = self.prompt_encoder
+    image_pe = encoder.dense_positional_encoding()
 
-    def one(embedding, prompt):
-      sparse, dense = self.prompt_encoder(
+    def one(embedding, dense, prompt):
+      sparse, own_dense = encoder(
           prompt.get("points"), prompt.get("point_labels"),
           prompt.get("box"), prompt.get("mask"))
-      return self.mask_decoder(embedding, image_pe, sparse, dense)
+      return self.mask_decoder(embedding, image_pe, sparse,
+                               own_dense if dense is None else dense)
 
-    per_image = jax.vmap(one, in_axes=(None, 0))  # over prompts
-    masks, iou = jax.vmap(per_image, in_axes=(0, 0))(image_embeddings, prompts)
+    if shared_mask:
+      dense = jax.vmap(encoder.embed_mask)(prompts.pop("mask")[:, 0])
+      per_image = jax.vmap(one, in_axes=(None, None, 0))  # over prompts
+      masks, iou = jax.vmap(per_image)(image_embeddings, dense, prompts)
+    else:
+      per_image = jax.vmap(lambda e, p: one(e, None, p), in_axes=(None, 0))
+      masks, iou = jax.vmap(per_image)(image_embeddings, prompts)
     if multimask_output:
       return masks[:, :, 1:], iou[:, :, 1:]
     return masks[:, :, :1], iou[:, :, :1]
