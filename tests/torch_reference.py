@@ -34,6 +34,7 @@ def import_official_modeling():
   if "segment_anything" not in sys.modules:
     pkg = types.ModuleType("segment_anything")
     pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec  # keeps importlib.util.find_spec working for others
     sys.modules["segment_anything"] = pkg
   import segment_anything.modeling as modeling  # noqa: E402
   return modeling

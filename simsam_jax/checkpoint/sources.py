@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
     self.problems = list(problems)
     lines = "\n".join(f"  - {p}" for p in self.problems)
     super().__init__(
-        f"Cannot convert {source}: {len(self.problems)} problem(s):\n{lines}")
+        f"Checkpoint {source}: {len(self.problems)} problem(s):\n{lines}")
 
 
 @dataclasses.dataclass

@@ -79,6 +79,8 @@ def save_checkpoint(dst: str, state: nnx.State, config: SamConfig,
 
 
 def read_sidecar(ckpt_dir: str) -> dict[str, Any]:
+  if not os.path.isdir(ckpt_dir):
+    raise CheckpointError(ckpt_dir, ["no such checkpoint folder"])
   path = os.path.join(ckpt_dir, SIDECAR)
   if not os.path.isfile(path):
     raise CheckpointError(ckpt_dir, [
