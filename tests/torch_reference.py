@@ -181,9 +181,49 @@ def official_to_hf_state(sd: dict, config: SamConfig) -> dict:
   return out
 
 
-def paired_models(config: SamConfig, seed: int = 0, hyper_scale: float = 25.0):
-  """(official Sam, HF SamModel) holding the same random weights."""
+def balance_single_mask_(model, pixels: np.ndarray, box: np.ndarray):
+  """Makes the single-mask output of a random official SAM two-signed.
+
+  Random weights give single-mask logits of one sign almost everywhere (the
+  upscaled features are mostly positive after GELU). This shifts the bias of
+  mask token 0's hypernetwork output layer so that, for `pixels` (1, 3, S, S)
+  and `box` (4,) in the model frame, the hypernetwork output is orthogonal
+  to the mean upscaled feature: the mean logit becomes 0 and the mask has a
+  boundary, with similar images and prompts staying two-signed.
+  """
+  captured = {}
+  hooks = [
+      model.mask_decoder.output_upscaling.register_forward_hook(
+          lambda m, i, o: captured.__setitem__("up", o)),
+      model.mask_decoder.output_hypernetworks_mlps[0].register_forward_hook(
+          lambda m, i, o: captured.__setitem__("h", o)),
+  ]
+  with torch.no_grad():
+    emb = model.image_encoder(torch.as_tensor(pixels))
+    sparse, dense = model.prompt_encoder(points=None, boxes=torch.as_tensor(box)[None],
+                                         masks=None)
+    model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
+                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                       multimask_output=False)
+    for h in hooks:
+      h.remove()
+    mean_feature = captured["up"][0].mean(dim=(1, 2))  # (C/8,)
+    h = captured["h"][0]
+    shift = (h @ mean_feature) / (mean_feature @ mean_feature) * mean_feature
+    model.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.sub_(shift)
+  return model
+
+
+def paired_models(config: SamConfig, seed: int = 0, hyper_scale: float = 25.0,
+                  balance_on=None):
+  """(official Sam, HF SamModel) holding the same random weights.
+
+  balance_on: optional (pixels (1, 3, S, S), box (4,)) for
+  `balance_single_mask_`, applied before the weights are copied to HF.
+  """
   official = randomize_(official_sam(config), seed, hyper_scale)
+  if balance_on is not None:
+    balance_single_mask_(official, *balance_on)
   hf = hf_sam(config)
   missing, unexpected = hf.load_state_dict(
       official_to_hf_state(official.state_dict(), config), strict=False)

@@ -1,0 +1,207 @@
+"""Compiled SimSAM entry points over a SAM model: one image, a batch, staged.
+
+`SimSam(model, config)` splits the model once and jits, per (image size, K):
+
+* `run(pixels, box, key, ground_truth)`: encoder + the whole method in ONE
+  `jax.jit` (no host round trip between stages).
+* `run_from_embedding(embedding, box, key, ground_truth)`: the method on a
+  precomputed embedding (evaluation encodes an image once and runs several
+  methods on it).
+* `run_batch(pixels, boxes, keys, ground_truths)`: `jax.vmap` over images of
+  one size, sharded over all devices along a `data` mesh axis (parameters
+  replicated); equal to per-image runs.
+* `stages`: the same computation split into separately jitted stages
+  (encode, first decode, simulate + decode, aggregate) for per-stage timing.
+
+The model state is a jit argument (never static), so new weights need no
+recompilation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from simsam_jax import processing
+from simsam_jax.modeling.sam import Sam
+from simsam_jax.simsam import pipeline
+from simsam_jax.simsam.mask_prompts import MASK_PROMPTS
+
+
+class SimSam:
+  """SimSAM bound to one SAM model and one `SimSamConfig`."""
+
+  def __init__(self, model: Sam, config: pipeline.SimSamConfig):
+    self.config = config.validate()
+    self.graphdef, self.state = nnx.split(model)
+    self.model_config = model.config
+    graphdef = self.graphdef
+
+    def from_embedding(state, embedding, box, key, ground_truth, info):
+      model = nnx.merge(graphdef, state)
+      return pipeline.simsam_from_embedding(model, embedding, box, info, self.config,
+                                            key, ground_truth)
+
+    def full(state, pixels, box, key, ground_truth, info):
+      model = nnx.merge(graphdef, state)
+      embedding = model.encode_image(pixels[None])[0]
+      return pipeline.simsam_from_embedding(model, embedding, box, info, self.config,
+                                            key, ground_truth)
+
+    def batch(state, pixels, boxes, keys, ground_truths, info):
+      fn = lambda p, b, k, g: full(state, p, b, k, g, info)
+      return jax.vmap(fn)(pixels, boxes, keys, ground_truths)
+
+    self._from_embedding = jax.jit(from_embedding, static_argnames=("info",))
+    self._full = jax.jit(full, static_argnames=("info",))
+    self._batch = jax.jit(batch, static_argnames=("info",))
+    self.stages = _Stages(graphdef, self.config)
+
+  # -- helpers ---------------------------------------------------------------
+
+  def default_key(self) -> jax.Array:
+    return jax.random.key(self.config.seed)
+
+  def check(self, info: processing.ImageInfo, box, ground_truth) -> None:
+    """Validates sizes and prompts before compiling; ValueError names them."""
+    h, w = info.original_size
+    self.config.validate(num_pixels=h * w)
+    if info.image_size != self.model_config.image_size:
+      raise ValueError(f"image was preprocessed for {info.image_size}, the model "
+                       f"takes {self.model_config.image_size}")
+    check_box(box, info.original_size)
+    if self.config.clicks == "oracle" and ground_truth is None:
+      raise ValueError("clicks='oracle' needs the ground-truth mask")
+    if ground_truth is not None and tuple(np.shape(ground_truth)[-2:]) != (h, w):
+      raise ValueError(f"ground truth has shape {np.shape(ground_truth)}, "
+                       f"the image is {h}x{w}")
+
+  # -- entry points ----------------------------------------------------------
+
+  def run(self, pixels, box, info: processing.ImageInfo, key=None,
+          ground_truth=None) -> pipeline.SimSamOutput:
+    """One image. pixels: (S, S, 3) float32 from `processing.preprocess`;
+    box: (4,) (x0, y0, x1, y1) original pixels; ground_truth: (H, W) bool."""
+    self.check(info, box, ground_truth)
+    key = self.default_key() if key is None else key
+    return self._full(self.state, jnp.asarray(pixels, jnp.float32),
+                      jnp.asarray(box, jnp.float32), key, _gt(ground_truth), info)
+
+  def run_from_embedding(self, embedding, box, info: processing.ImageInfo, key=None,
+                         ground_truth=None) -> pipeline.SimSamOutput:
+    """One image from its (G, G, C) embedding."""
+    self.check(info, box, ground_truth)
+    key = self.default_key() if key is None else key
+    return self._from_embedding(self.state, embedding, jnp.asarray(box, jnp.float32),
+                                key, _gt(ground_truth), info)
+
+  def segment(self, image: np.ndarray, box, key=None,
+              ground_truth=None) -> pipeline.SimSamOutput:
+    """uint8 (H, W, 3) image -> SimSamOutput (pre-processing on the host)."""
+    pixels, info = processing.preprocess(image, self.model_config.image_size)
+    return self.run(pixels, box, info, key, ground_truth)
+
+  def run_batch(self, pixels, boxes, info: processing.ImageInfo, keys=None,
+                ground_truths=None, devices=None) -> pipeline.SimSamOutput:
+    """B images of one size, data-parallel over `devices` (default: all).
+
+    Args:
+      pixels: (B, S, S, 3) float32; boxes: (B, 4) original pixels.
+      keys: (B,) keys (default: the config's key for every image, so that
+        each image gets what `run` would give it).
+      ground_truths: (B, H, W) bool or None.
+    Returns:
+      SimSamOutput with a leading B axis on every field.
+    """
+    pixels = np.asarray(pixels, np.float32)
+    boxes = np.asarray(boxes, np.float32)
+    b = pixels.shape[0]
+    for i in range(b):
+      self.check(info, boxes[i], None if ground_truths is None else ground_truths[i])
+    if keys is None:
+      keys = jnp.stack([self.default_key()] * b)
+    gts = None if ground_truths is None else np.asarray(ground_truths, bool)
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    pad = (-b) % n  # repeat the last image so every device gets as many
+    take = lambda x: None if x is None else jnp.concatenate(
+        [x, jnp.repeat(x[-1:], pad, axis=0)], 0) if pad else x
+    mesh = Mesh(np.array(devices), ("data",))
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    put = lambda x: None if x is None else jax.device_put(x, data)
+    state = jax.device_put(self.state, NamedSharding(mesh, PartitionSpec()))
+    out = self._batch(state, put(take(jnp.asarray(pixels))), put(take(jnp.asarray(boxes))),
+                      put(take(keys)), put(take(None if gts is None else jnp.asarray(gts))),
+                      info)
+    return jax.tree.map(lambda x: x[:b], out) if pad else out
+
+
+class _Stages:
+  """The pipeline split into separately jitted stages, for timing only.
+
+  Host synchronisation between stages is what makes per-stage timing
+  possible; `SimSam.run` fuses the same functions into one program.
+  """
+
+  def __init__(self, graphdef, config: pipeline.SimSamConfig):
+    self.config = config
+    merge = functools.partial(nnx.merge, graphdef)
+
+    def encode(state, pixels):
+      return merge(state).encode_image(pixels[None])[0]
+
+    def first(state, embedding, box, info):
+      model = merge(state)
+      box_model = pipeline.to_model_frame(box.reshape(2, 2), info).reshape(4)
+      return pipeline.first_decode(model, embedding, box_model)
+
+    def simulate_and_decode(state, embedding, box, first_low, key, ground_truth, info):
+      model = merge(state)
+      m = model.config.mask_input_size
+      box_model = pipeline.to_model_frame(box.reshape(2, 2), info).reshape(4)
+      probs = pipeline.first_probabilities(first_low, info)
+      clicks, labels = pipeline.simulate_clicks(probs, config, key, ground_truth, box)
+      mask_prompt = MASK_PROMPTS.get(config.mask_prompt)(
+          first_low, pipeline.binary_in_low_res_frame(probs > 0.5, info, m))
+      cand, iou = pipeline.decode_clicks(model, embedding, box_model, clicks, labels,
+                                         mask_prompt, info)
+      return clicks, labels, cand, iou
+
+    def aggregate(cand, iou, first_low, first_iou, info):
+      if config.include_box_only_mask:
+        cand = jnp.concatenate([first_low[None], cand], 0)
+        iou = jnp.concatenate([first_iou[None], iou], 0)
+      result, _, confidence = pipeline.aggregate(cand, iou, config)
+      mask = pipeline.low_res_to_original(result.logits, info, cand.shape[-1]) > 0
+      return mask, result.chosen, result.scores, confidence
+
+    self.encode = jax.jit(encode)
+    self.first = jax.jit(first, static_argnames=("info",))
+    self.simulate_and_decode = jax.jit(simulate_and_decode, static_argnames=("info",))
+    self.aggregate = jax.jit(aggregate, static_argnames=("info",))
+
+
+def _gt(ground_truth):
+  return None if ground_truth is None else jnp.asarray(ground_truth, bool)
+
+
+def check_box(box, original_size) -> None:
+  """ValueError unless box = (x0, y0, x1, y1) lies in [0, W] x [0, H], x1 >= x0,
+  y1 >= y0 and is not empty (zero width and height)."""
+  h, w = original_size
+  b = np.asarray(box, np.float64).reshape(-1)
+  if b.shape != (4,) or not np.all(np.isfinite(b)):
+    raise ValueError(f"box must be 4 finite numbers x0,y0,x1,y1; got {box!r}")
+  x0, y0, x1, y1 = b
+  if x1 < x0 or y1 < y0:
+    raise ValueError(f"box {b.tolist()} has x1 < x0 or y1 < y0")
+  if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+    raise ValueError(f"box {b.tolist()} lies outside the {w}x{h} (WxH) image")
+  if x1 == x0 and y1 == y0:
+    raise ValueError(f"box {b.tolist()} is empty (a single point)")
