@@ -47,7 +47,9 @@ def test_official_parameter_counts(preset, params):
 
 
 def test_conv_transpose_layout_matches_pytorch():
-  """PyTorch ConvTranspose2d (in, out, kh, kw) -> flax kernel (kh, kw, out, in)."""
+  """PyTorch ConvTranspose2d (in, out, kh, kw) -> flax kernel (kh, kw, out, in),
+  for flax's ConvTranspose and for the decoder's einsum UpConv2x2."""
+  from simsam_jax.modeling.mask_decoder import UpConv2x2
   from simsam_jax.checkpoint.key_tables import LAYOUTS
   rng = np.random.default_rng(0)
   conv = torch.nn.ConvTranspose2d(6, 5, kernel_size=2, stride=2)
@@ -61,6 +63,10 @@ def test_conv_transpose_layout_matches_pytorch():
   layer.bias.set_value(conv.bias.detach().numpy())
   ours = np.asarray(layer(x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(ours, ref, atol=1e-5)
+  up = UpConv2x2(6, 5, rngs=nnx.Rngs(0))
+  up.kernel.set_value(LAYOUTS["conv_transpose"](conv.weight.detach().numpy()))
+  up.bias.set_value(conv.bias.detach().numpy())
+  np.testing.assert_allclose(np.asarray(up(x.transpose(0, 2, 3, 1))), ref, atol=1e-5)
   # The permutation without transpose_kernel is wrong (a known porting trap).
   wrong = nnx.ConvTranspose(6, 5, kernel_size=(2, 2), strides=(2, 2), padding="VALID",
                             rngs=nnx.Rngs(0))

@@ -1,10 +1,12 @@
 """Tests of the SAM command line (`simsam_jax.segment`) and the phantom.
 
 Everything uses the `tiny` preset; sizes (model side S, low-res logits side
-M) are read from its config, never hard-coded. One model (`random:tiny:7`)
-is built per module and reused in-process; two runs go through a subprocess
-(`python -m simsam_jax.segment`): a converted checkpoint folder and an error
-case. Bad-input cases run `segment.main` in-process with absl-parsed flags.
+M) are read from its config, never hard-coded. The command's default method
+is SimSAM (`tests/test_segment_simsam.py`); these tests pin `--method=sam`.
+One model (`random:tiny:7`) is built per module and reused in-process; two
+runs go through a subprocess (`python -m simsam_jax.segment`): a converted
+checkpoint folder and an error case. Bad-input cases run `segment.main`
+in-process with absl-parsed flags.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def test_synthetic_single_mask_writes_every_output(tiny_sam, tmp_path):
   logits_path = tmp_path / "lowres.npy"
   metadata = segment.segment(checkpoint=RANDOM_SPEC, image="synthetic",
                              out=str(out), save_logits=str(logits_path),
-                             sam=tiny_sam)
+                             sam=tiny_sam, method="sam")
   assert sorted(os.listdir(tmp_path)) == ["lowres.npy", "mask.json",
                                           "mask.png"]
   mask = _read_mask(out)
@@ -195,7 +197,8 @@ def test_mask_equals_independent_computation(tiny_sam, tmp_path, box, points,
       checkpoint=RANDOM_SPEC, image=PHANTOM_SPEC, out=str(out),
       box=None if box is None else ",".join(map(str, box)),
       points=[",".join(map(str, point)) for point in points],
-      save_logits=str(logits_path), multimask=multimask, sam=tiny_sam)
+      save_logits=str(logits_path), multimask=multimask, sam=tiny_sam,
+      method="sam")
 
   expected_mask, expected_iou, expected_index = _expected_mask(
       tiny_sam, image, box, points, multimask)
@@ -223,7 +226,7 @@ def test_real_tiff_mask_has_the_image_size(tiny_sam, tmp_path, shared_data):
   out = tmp_path / "polyp.png"
   metadata = segment.segment(checkpoint=RANDOM_SPEC, image=str(path),
                              out=str(out), box="100,80,250,200",
-                             sam=tiny_sam)
+                             sam=tiny_sam, method="sam")
   mask = _read_mask(out)
   assert mask.shape == (288, 384)
   assert set(np.unique(mask)) <= {0, 255}
@@ -244,8 +247,8 @@ def test_build_sam_is_deterministic():
 
 def test_converted_checkpoint_subprocess_equals_random_seed(
     tiny_sam, converted_checkpoint, tmp_path):
-  prompt = ["--box=30,20,150,95", "--point=90,55,1", "--point=10,10,0",
-            "--multimask"]
+  prompt = ["--method=sam", "--box=30,20,150,95", "--point=90,55,1",
+            "--point=10,10,0", "--multimask"]
   cli_dir, reference_dir = tmp_path / "cli", tmp_path / "reference"
   completed = _run_cli(f"--checkpoint={converted_checkpoint}",
                        f"--image={PHANTOM_SPEC}", f"--out={cli_dir}/m.png",
@@ -257,7 +260,8 @@ def test_converted_checkpoint_subprocess_equals_random_seed(
       checkpoint=RANDOM_SPEC, image=PHANTOM_SPEC,
       out=str(reference_dir / "m.png"),
       save_logits=str(reference_dir / "l.npy"), box="30,20,150,95",
-      points=["90,55,1", "10,10,0"], multimask=True, sam=tiny_sam)
+      points=["90,55,1", "10,10,0"], multimask=True, sam=tiny_sam,
+      method="sam")
   written = json.loads((cli_dir / "m.json").read_text())
   assert written["checkpoint"]["random_weights"] is False
   assert written["checkpoint"]["source_format"] == "test"
@@ -332,7 +336,8 @@ def test_bad_input_fails_cleanly(flags_, expected, plain_png, tmp_path,
   out_dir.mkdir()
   names = {"inputs": inputs, "plain": plain_png, "out": out_dir}
   argv = [flag.format(**names) for flag in flags_]
-  defaults = {"--checkpoint": RANDOM_SPEC, "--out": f"{out_dir}/mask.png",
+  defaults = {"--method": "sam", "--checkpoint": RANDOM_SPEC,
+              "--out": f"{out_dir}/mask.png",
               "--save_logits": f"{out_dir}/l.npy"}
   given = {flag.split("=", 1)[0] for flag in argv}
   argv += [f"{name}={value}" for name, value in defaults.items()
@@ -359,7 +364,8 @@ def test_subprocess_error_is_one_line_without_traceback(tmp_path):
   out_dir = tmp_path / "out"
   out_dir.mkdir()
   completed = _run_cli(f"--checkpoint={RANDOM_SPEC}", "--image=synthetic",
-                       "--box=50,50,10,10", f"--out={out_dir}/m.png")
+                       "--method=sam", "--box=50,50,10,10",
+                       f"--out={out_dir}/m.png")
   assert completed.returncode == 1
   assert "Traceback" not in completed.stderr
   last_line = completed.stderr.strip().splitlines()[-1]
@@ -385,4 +391,4 @@ def test_write_outputs_error_names_out(tiny_sam, tmp_path):
   blocker.write_text("")
   with pytest.raises(segment.SegmentError, match="--out"):
     segment.segment(checkpoint=RANDOM_SPEC, image=PHANTOM_SPEC,
-                    out=str(blocker / "mask.png"), sam=tiny_sam)
+                    out=str(blocker / "mask.png"), sam=tiny_sam, method="sam")

@@ -181,15 +181,19 @@ def official_to_hf_state(sd: dict, config: SamConfig) -> dict:
   return out
 
 
-def balance_single_mask_(model, pixels: np.ndarray, box: np.ndarray):
+def balance_single_mask_(model, pixels, boxes):
   """Makes the single-mask output of a random official SAM two-signed.
 
   Random weights give single-mask logits of one sign almost everywhere (the
   upscaled features are mostly positive after GELU). This shifts the bias of
-  mask token 0's hypernetwork output layer so that, for `pixels` (1, 3, S, S)
-  and `box` (4,) in the model frame, the hypernetwork output is orthogonal
-  to the mean upscaled feature: the mean logit becomes 0 and the mask has a
-  boundary, with similar images and prompts staying two-signed.
+  mask token 0's hypernetwork output layer by the least-squares `d` that
+  makes the hypernetwork output orthogonal to the mean upscaled feature,
+  (h_i + d) . u_i = 0, over the given images and boxes: their mean logits
+  become ~0, so masks have boundaries.
+
+  Args:
+    pixels: list of (1, 3, S, S) preprocessed images.
+    boxes: list of (4,) boxes in the model frame.
   """
   captured = {}
   hooks = [
@@ -198,18 +202,22 @@ def balance_single_mask_(model, pixels: np.ndarray, box: np.ndarray):
       model.mask_decoder.output_hypernetworks_mlps[0].register_forward_hook(
           lambda m, i, o: captured.__setitem__("h", o)),
   ]
+  hs, us = [], []
   with torch.no_grad():
-    emb = model.image_encoder(torch.as_tensor(pixels))
-    sparse, dense = model.prompt_encoder(points=None, boxes=torch.as_tensor(box)[None],
-                                         masks=None)
-    model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
-                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                       multimask_output=False)
+    for pix, box in zip(pixels, boxes):
+      emb = model.image_encoder(torch.as_tensor(pix))
+      sparse, dense = model.prompt_encoder(
+          points=None, boxes=torch.as_tensor(box, dtype=torch.float32)[None], masks=None)
+      model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
+                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                         multimask_output=False)
+      hs.append(captured["h"][0].clone())
+      us.append(captured["up"][0].mean(dim=(1, 2)))
     for h in hooks:
       h.remove()
-    mean_feature = captured["up"][0].mean(dim=(1, 2))  # (C/8,)
-    h = captured["h"][0]
-    shift = (h @ mean_feature) / (mean_feature @ mean_feature) * mean_feature
+    h, u = torch.stack(hs), torch.stack(us)
+    residual = (h * u).sum(1, keepdim=True)
+    shift = torch.linalg.lstsq(u, residual).solution[:, 0]
     model.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.sub_(shift)
   return model
 
@@ -218,7 +226,7 @@ def paired_models(config: SamConfig, seed: int = 0, hyper_scale: float = 25.0,
                   balance_on=None):
   """(official Sam, HF SamModel) holding the same random weights.
 
-  balance_on: optional (pixels (1, 3, S, S), box (4,)) for
+  balance_on: optional (list of (1, 3, S, S) pixels, list of (4,) boxes) for
   `balance_single_mask_`, applied before the weights are copied to HF.
   """
   official = randomize_(official_sam(config), seed, hyper_scale)

@@ -8,9 +8,12 @@ Deviations from the PyTorch reference:
   * The reference copies the image embedding once per prompt
     (`repeat_interleave`); here the decoder is vmapped with the embedding as an
     unbatched argument, so callers never materialise P copies.
-  * Transposed convolutions use `nnx.ConvTranspose(transpose_kernel=True)`;
-    PyTorch's (in, out, kh, kw) weight maps to flax's (kh, kw, out, in) kernel
-    (permutation (2, 3, 1, 0), tested on its own).
+  * The two stride-2, 2x2 transposed convolutions of the upscaler do not
+    overlap, so `UpConv2x2` computes them as one einsum (each input pixel
+    becomes a 2x2 output block) instead of a dilated convolution; the
+    kernel keeps the layout of `nnx.ConvTranspose(transpose_kernel=True)`,
+    (kh, kw, out, in), i.e. PyTorch's (in, out, kh, kw) permuted by
+    (2, 3, 1, 0) (tested on its own against `torch.nn.ConvTranspose2d`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,29 @@ from flax import nnx
 from simsam_jax.modeling.config import SamConfig
 from simsam_jax.modeling.layers import MLP, gelu, layer_norm
 from simsam_jax.modeling.transformer import TwoWayTransformer
+
+
+class UpConv2x2(nnx.Module):
+  """Transposed convolution with kernel 2 and stride 2 (no overlap).
+
+  out[b, 2i + a, 2j + c, o] = sum_n x[b, i, j, n] * kernel[a, c, o, n] + bias[o]
+
+  Args of `__call__`:
+    x: (B, H, W, in_features) float.
+  Returns:
+    (B, 2H, 2W, out_features).
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    bound = 1.0 / (out_features * 4) ** 0.5
+    self.kernel = nnx.Param(jax.random.uniform(
+        rngs.params(), (2, 2, out_features, in_features), minval=-bound, maxval=bound))
+    self.bias = nnx.Param(jnp.zeros((out_features,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, _ = x.shape
+    y = jnp.einsum("bijn,acon->biajco", x, self.kernel[...])
+    return y.reshape(b, 2 * h, 2 * w, -1) + self.bias[...]
 
 
 class MaskDecoder(nnx.Module):
@@ -45,13 +71,9 @@ class MaskDecoder(nnx.Module):
     self.transformer = TwoWayTransformer(config, rngs=rngs)
     self.iou_token = nnx.Embed(1, c, embedding_init=init, rngs=rngs)
     self.mask_tokens = nnx.Embed(n, c, embedding_init=init, rngs=rngs)
-    self.upscale_conv1 = nnx.ConvTranspose(
-        c, c // 4, kernel_size=(2, 2), strides=(2, 2), padding="VALID",
-        transpose_kernel=True, rngs=rngs)
+    self.upscale_conv1 = UpConv2x2(c, c // 4, rngs=rngs)
     self.upscale_norm = layer_norm(c // 4, 1e-6, rngs)
-    self.upscale_conv2 = nnx.ConvTranspose(
-        c // 4, c // 8, kernel_size=(2, 2), strides=(2, 2), padding="VALID",
-        transpose_kernel=True, rngs=rngs)
+    self.upscale_conv2 = UpConv2x2(c // 4, c // 8, rngs=rngs)
     self.output_hypernetworks_mlps = nnx.List(
         [MLP(c, c, c // 8, 3, rngs=rngs) for _ in range(n)])
     self.iou_prediction_head = MLP(c, config.iou_head_hidden_dim, n,

@@ -65,7 +65,11 @@ def topk_clicks(probs, k: int, key, ground_truth=None, box=None):
   err = error_map(probs)
   if box is not None:
     err = jnp.where(box_mask(probs.shape, box), err, -jnp.inf)
-  _, idx = jax.lax.top_k(err.reshape(-1), k)
+  vals, idx = jax.lax.top_k(err.reshape(-1), k)
+  if box is not None:
+    # Fewer than k pixels in the box: repeat the in-box ranking cyclically
+    # rather than clicking outside the box.
+    idx = idx[jnp.arange(k) % jnp.maximum(jnp.sum(vals > -jnp.inf), 1)]
   return flat_to_xy(idx, probs.shape[1]), opposite_labels(probs, idx)
 
 

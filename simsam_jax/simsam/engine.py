@@ -11,7 +11,8 @@
   one size, sharded over all devices along a `data` mesh axis (parameters
   replicated); equal to per-image runs.
 * `stages`: the same computation split into separately jitted stages
-  (encode, first decode, simulate + decode, aggregate) for per-stage timing.
+  (encode, first decode, simulate + decode, aggregate + maps at the
+  original size) for per-stage timing.
 
 The model state is a jit argument (never static), so new weights need no
 recompilation.
@@ -173,13 +174,9 @@ class _Stages:
                                          mask_prompt, info)
       return clicks, labels, cand, iou
 
-    def aggregate(cand, iou, first_low, first_iou, info):
-      if config.include_box_only_mask:
-        cand = jnp.concatenate([first_low[None], cand], 0)
-        iou = jnp.concatenate([first_iou[None], iou], 0)
-      result, _, confidence = pipeline.aggregate(cand, iou, config)
-      mask = pipeline.low_res_to_original(result.logits, info, cand.shape[-1]) > 0
-      return mask, result.chosen, result.scores, confidence
+    def aggregate(cand, iou, first_low, first_iou, clicks, labels, info):
+      return pipeline.finalize(cand, iou, first_low, first_iou, clicks, labels, info,
+                               config)
 
     self.encode = jax.jit(encode)
     self.first = jax.jit(first, static_argnames=("info",))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional
 
 import flax.struct
@@ -74,8 +75,11 @@ class SimSamConfig:
 
   def validate(self, num_pixels: Optional[int] = None) -> "SimSamConfig":
     """Raises ValueError naming the bad field; returns self."""
-    if not isinstance(self.k, int) or self.k <= 0:
+    if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k <= 0:
       raise ValueError(f"k must be a positive integer, got k={self.k!r}")
+    if (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
+        or not 0 <= self.seed < 2**31):
+      raise ValueError(f"seed must be an integer in [0, 2**31), got seed={self.seed!r}")
     if num_pixels is not None and self.k > num_pixels:
       raise ValueError(f"k={self.k} exceeds the number of pixels ({num_pixels})")
     CLICK_STRATEGIES.get(self.clicks)
@@ -234,6 +238,21 @@ def simsam_from_embedding(model: Sam, embedding: jax.Array, box: jax.Array,
       first_low, binary_in_low_res_frame(binary, info, m))
   cand, cand_iou = decode_clicks(model, embedding, box_model, clicks, labels,
                                  mask_prompt, info)
+  return finalize(cand, cand_iou, first_low, first_iou, clicks, labels, info, config)
+
+
+def finalize(cand: jax.Array, cand_iou: jax.Array, first_low: jax.Array,
+             first_iou: jax.Array, clicks: jax.Array, labels: jax.Array,
+             info: processing.ImageInfo, config: SimSamConfig) -> SimSamOutput:
+  """Aggregation and the maps at the original resolution.
+
+  Args:
+    cand: (K, M, M) decoded candidate logits; cand_iou: (K,). With
+      `config.include_box_only_mask` the box-only mask is prepended here.
+    first_low: (M, M) box-only logits; first_iou: ().
+    clicks: (K, 2) int32; labels: (K,) int32.
+  """
+  m = cand.shape[-1]
   if config.include_box_only_mask:
     cand = jnp.concatenate([first_low[None], cand], 0)
     cand_iou = jnp.concatenate([first_iou[None], cand_iou], 0)
