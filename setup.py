@@ -15,6 +15,13 @@ INSTALL_REQUIRES = [
     "scipy",
     "safetensors",
     "tqdm",
+    # Datasets (TFDS builders without TensorFlow: array_record files).
+    "tensorflow-datasets",
+    "array-record",
+    # The paper's CVC-ClinicDB protocol resizes with OpenCV.
+    "opencv-python-headless",
+    # NSD exactly as DeepMind's reference implementation computes it.
+    "surface-distance",
 ]
 
 # Reference implementations used only by the tests. torch is pinned to the

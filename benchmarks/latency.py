@@ -100,7 +100,8 @@ def jax_timings(config, image, box, ks, repeats):
     clicks, labels, cand, iou = st.simulate_and_decode(state, emb, box_j, first_low, key,
                                                         None, info=info)
     rows[f"  aggregate K={k}"] = median_ms(
-        lambda: st.aggregate(cand, iou, first_low, first_iou, info=info)[0].block_until_ready(),
+        lambda: st.aggregate(cand, iou, first_low, first_iou, clicks, labels,
+                             info=info).mask.block_until_ready(),
         repeats)
   return rows
 
@@ -148,11 +149,18 @@ def torch_timings(config, image, box, ks, repeats):
       idx = np.argsort(-err.ravel(), kind="stable")[:k]
       labels = 1 - (p.ravel()[idx] > 0.5).astype(np.int64)
       pts = np.stack([idx % w, idx // w], 1) * scale[:2]
+      # The published code works at 256 x 256, where the binary first
+      # prediction is already the low-res mask prompt; other sizes are
+      # brought to the low-res grid for the timing.
+      m = low.shape[-1]
+      prompt = (probs > 0.5).float()[None, None]
+      if prompt.shape[-2:] != (m, m):
+        prompt = F.interpolate(prompt, (m, m), mode="nearest")
       out = hf(image_embeddings=emb.repeat(1, 1, 1, 1),
                input_points=torch.tensor(pts, dtype=torch.float32)[None, :, None],
                input_labels=torch.tensor(labels)[None, :, None],
                input_boxes=box_m[None, None].repeat(1, k, 1),
-               input_masks=(probs > 0.5).float()[None, None], multimask_output=False)
+               input_masks=prompt, multimask_output=False)
       b = (out.pred_masks[0, :, 0] > 0).flatten(1).float()
       inter = b @ b.T
       area = b.sum(1)

@@ -1,0 +1,130 @@
+"""Deterministic train/validation/test splits, and the committed id lists.
+
+The paper splits BUSI and CVC-ClinicDB at random 80/10/10 with seed 42, test
+taken first, then validation from the rest; its split depends on the order in
+which the files were listed, so it cannot be reproduced byte for byte. We
+define the split once, on the KNOWN composition of each dataset, and commit
+the id lists (`simsam_jax/data/splits/*.json`, re-created exactly by
+`python -m simsam_jax.data.make_splits`):
+
+1. The ids are put in their canonical order (`canonical_order` of each list:
+   BUSI class then case number, CVC frame number).
+2. `test` = the first `ceil(n / 10)` entries of
+   `np.random.RandomState(seed).permutation(n)` applied to that list.
+3. The rest, in that permuted order, is permuted again by a fresh
+   `RandomState(seed)`; `validation` = its first `ceil(n_rest / 9)` entries
+   (10 % of the whole), `train` = the others.
+
+This is the arithmetic of scikit-learn's
+`train_test_split(ids, test_size=0.1, random_state=42)` followed by
+`train_test_split(rest, test_size=1/9, random_state=42)` (a permutation of a
+legacy `RandomState`, test first), with the sizes computed in integers.
+`RandomState` is numpy's frozen legacy generator, so the lists do not change
+with the numpy version. The committed lists are sorted canonically.
+
+ISIC-2016 has an official test set; its validation set is 10 % of the
+official training set, chosen the same way (`validation_subset`) at build time
+from the sorted training ids present (the official training ids are not known
+offline, so no list is committed; `splits/isic2016.json` holds the rule).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+SPLITS_DIR = pathlib.Path(__file__).resolve().parent / "splits"
+SPLIT_NAMES = ("train", "validation", "test")
+DEFAULT_SEED = 42
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def split_80_10_10(ids: Sequence[str], seed: int = DEFAULT_SEED
+                   ) -> Dict[str, List[str]]:
+  """Random 80/10/10 split, test first, then validation from the rest.
+
+  Args:
+    ids: distinct example ids in their canonical order (the result depends on
+      this order).
+    seed: seed of the `np.random.RandomState` used for both draws.
+
+  Returns:
+    {"train": [...], "validation": [...], "test": [...]}, each list in the
+    order of `ids`; sizes n - 2 * ~n/10, ceil(n_rest / 9), ceil(n / 10).
+  """
+  ids = list(ids)
+  if len(set(ids)) != len(ids):
+    raise ValueError("ids must be distinct")
+  n = len(ids)
+  order = {example_id: i for i, example_id in enumerate(ids)}
+  permutation = np.random.RandomState(seed).permutation(n)
+  n_test = _ceil_div(n, 10)
+  test = [ids[i] for i in permutation[:n_test]]
+  rest = [ids[i] for i in permutation[n_test:]]
+  permutation = np.random.RandomState(seed).permutation(len(rest))
+  n_val = _ceil_div(len(rest), 9)
+  validation = [rest[i] for i in permutation[:n_val]]
+  train = [rest[i] for i in permutation[n_val:]]
+  by_order = lambda values: sorted(values, key=order.__getitem__)
+  return {"train": by_order(train), "validation": by_order(validation),
+          "test": by_order(test)}
+
+
+def validation_subset(ids: Sequence[str], seed: int = DEFAULT_SEED,
+                      fraction_denominator: int = 10
+                      ) -> Tuple[List[str], List[str]]:
+  """Splits a training set into (train, validation), validation ~1/10.
+
+  Args:
+    ids: distinct training ids; sorted here first, so the result does not
+      depend on the order given.
+    seed: seed of `np.random.RandomState`.
+    fraction_denominator: validation gets `ceil(n / fraction_denominator)`.
+
+  Returns:
+    (train, validation), both sorted.
+  """
+  ids = sorted(ids)
+  if len(set(ids)) != len(ids):
+    raise ValueError("ids must be distinct")
+  permutation = np.random.RandomState(seed).permutation(len(ids))
+  n_val = _ceil_div(len(ids), fraction_denominator) if ids else 0
+  chosen = set(permutation[:n_val].tolist())
+  validation = [ids[i] for i in range(len(ids)) if i in chosen]
+  train = [ids[i] for i in range(len(ids)) if i not in chosen]
+  return train, validation
+
+
+def load_split_file(name: str) -> dict:
+  """Reads a committed split file `splits/<name>.json`.
+
+  Args:
+    name: file stem, e.g. "busi_paper437", "busi_full", "busi_normal",
+      "cvc_clinicdb", "isic2016".
+
+  Returns:
+    The parsed JSON object; `["splits"]` maps split names to id lists where
+    the file has lists.
+  """
+  path = SPLITS_DIR / f"{name}.json"
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"split file {path} is missing; re-create it with "
+        "`python -m simsam_jax.data.make_splits`")
+  with path.open() as f:
+    return json.load(f)
+
+
+def load_split_lists(*names: str) -> Dict[str, List[str]]:
+  """The id lists of one or more committed split files, concatenated."""
+  merged: Dict[str, List[str]] = {split: [] for split in SPLIT_NAMES}
+  for name in names:
+    for split, ids in load_split_file(name)["splits"].items():
+      merged[split].extend(ids)
+  return merged
