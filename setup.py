@@ -39,6 +39,8 @@ setuptools.setup(
     version="0.1.0",
     description="SimSAM zero-shot medical image segmentation with SAM in JAX/Flax",
     packages=setuptools.find_packages(include=["simsam_jax", "simsam_jax.*"]),
+    # The committed, deterministic dataset splits.
+    package_data={"simsam_jax.data": ["splits/*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -126,6 +126,8 @@ def test_real_cvc(shared_data, tmp_path):
   examples = _by_id(load_split("cvc_clinicdb", "all", tmp_path / "tfds",
                                shared_data / "cvc_clinicdb"))
   frames = (12, 60, 90, 115, 190, 256, 330, 372, 418, 472, 515, 580)
+  with pytest.raises(Exception):  # why the builder reads TIFF with tifffile
+    Image.open(shared_data / "cvc_clinicdb" / "Original" / "12.tif")
   assert sorted(examples) == sorted(f"cvc_{n}" for n in frames)
   noisy = 0
   for frame in frames:
@@ -196,6 +198,9 @@ def test_generated_busi_configs(tmp_path, config, expected):
   else:
     want, want_files = masks[0] | masks[1] | masks[2], files
   np.testing.assert_array_equal(b300["mask"] > 0, want)
+  ys, xs = np.nonzero(want)
+  np.testing.assert_array_equal(ssd.prepare(b300, "native", "busi").box,
+                                [xs.min(), ys.min(), xs.max(), ys.max()])
   assert b300["mask_files"] == tuple(want_files)
   assert b300["mask_mode"] == "1" and _binary(b300["mask"])
   assert b300["label"] == "benign" and b300["case_number"] == 300
@@ -253,6 +258,12 @@ def test_generated_cvc_tiff_and_png(tmp_path):
   assert sorted(metadata["unused_files"]) == sorted(
       ["PNG/Original/12.png", "PNG/Ground Truth/12.png",
        "PNG/Original/600.png", "PNG/Ground Truth/600.png"])
+
+
+def test_generated_cvc_tiff_is_like_the_release(tmp_path):
+  manual = fx.make_cvc_tree(tmp_path / "cvc", frames=(4,), png=False)
+  with pytest.raises(Exception):
+    Image.open(manual / "Original" / "4.tif")
 
 
 def test_generated_cvc_png_repack_only(tmp_path):
@@ -417,3 +428,58 @@ def test_unknown_id_is_bad_input(tmp_path):
 def test_on_bad_example_is_validated(tmp_path):
   with pytest.raises(ValueError, match="on_bad_example"):
     loading.get_builder("busi", tmp_path, "full", on_bad_example="ignore")
+
+
+def test_undecodable_image_behind_a_valid_header(tmp_path):
+  """Header check passes, decoding fails: caught while writing the split."""
+  manual = fx.make_isic_tree(tmp_path / "isic", test=())
+  train, _ = ssd.splitting.validation_subset(fx.ISIC_TRAIN)
+  victim = (manual / "ISBI2016_ISIC_Part1_Training_Data" /
+            f"{train[0]}.jpg")
+  data = victim.read_bytes()
+  victim.write_bytes(data[:len(data) // 2])
+  with pytest.raises(DatasetError, match="(?i)truncated") as info:
+    _build("isic2016", tmp_path / "a", manual)
+  assert info.value.path == str(victim.resolve())
+  builder = _build("isic2016", tmp_path / "b", manual, on_bad_example="skip")
+  assert [r["id"] for r in skipped_examples(builder)] == [train[0]]
+  assert builder.info.splits["train"].num_examples == len(train) - 1
+
+
+# ----------------------------------------------------------------------------
+# Full composition (tiny generated images): the committed lists, complete.
+# ----------------------------------------------------------------------------
+
+
+def test_full_busi_composition(tmp_path):
+  cases = {(cls, n): int(n % 50 == 0)
+           for cls, count in (("benign", 437), ("malignant", 210),
+                              ("normal", 133))
+           for n in range(1, count + 1)}
+  manual = fx.make_busi_tree(tmp_path / "busi", cases)
+  expected = {"paper437": ((349, 44, 44), 210 + 133),
+              "full": ((517, 65, 65), 133),
+              "full_with_normal": ((622, 79, 79), 0)}
+  for config, (sizes, excluded) in expected.items():
+    builder = _build("busi", tmp_path, manual, config)
+    assert tuple(builder.info.splits[s].num_examples
+                 for s in ("train", "validation", "test")) == sizes
+    metadata = ssd.build_metadata(builder)
+    assert len(metadata["excluded_ids"]) == excluded
+    assert sum(metadata["num_missing_ids"].values()) == 0
+    assert metadata["absent_splits"] == []
+  paper = loading.iter_split(_build("busi", tmp_path, manual, "paper437"),
+                             "all")
+  assert sorted(e["id"] for e in paper) == sorted(
+      ssd.select_paper437(fx.all_busi_names()))
+
+
+def test_full_cvc_composition(tmp_path):
+  manual = fx.make_cvc_tree(tmp_path / "cvc", frames=range(1, 613),
+                            png_frames=range(600, 613))
+  builder = _build("cvc_clinicdb", tmp_path, manual)
+  assert tuple(builder.info.splits[s].num_examples
+               for s in ("train", "validation", "test")) == (488, 62, 62)
+  metadata = ssd.build_metadata(builder)
+  assert metadata["source_format_counts"] == {"tiff": 612}
+  assert len(metadata["unused_files"]) == 2 * 13

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_fixtures import make_busi_tree
 from simsam_jax.data import common
+from simsam_jax.data import load_split
 from simsam_jax.data import protocols
 from simsam_jax.data.protocols import NATIVE, PAPER, PROTOCOLS, prepare
 
@@ -218,8 +220,6 @@ def test_native_keeps_the_original_size(shared_data):
 
 
 def test_prepare_accepts_loaded_examples(tmp_path):
-  from data_fixtures import make_busi_tree  # pylint: disable=import-outside-toplevel
-  from simsam_jax.data import load_split  # pylint: disable=import-outside-toplevel
   manual = make_busi_tree(tmp_path / "busi", {("benign", 300): 1,
                                               ("malignant", 2): 0,
                                               ("normal", 1): 0})

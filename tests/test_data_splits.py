@@ -47,7 +47,7 @@ def test_split_sizes_disjoint_and_complete(name, n, sizes):
   all_ids = splits["train"] + splits["validation"] + splits["test"]
   assert len(set(all_ids)) == n
   assert sorted(all_ids) == sorted(data["canonical_order"])
-  order = {example_id: i for i, example_id in enumerate(data["canonical_order"])}
+  order = {i: n for n, i in enumerate(data["canonical_order"])}
   for ids in splits.values():  # stored in canonical order
     assert ids == sorted(ids, key=order.__getitem__)
 
@@ -103,7 +103,8 @@ def test_select_paper437_on_the_780_file_names():
 
 def test_select_paper437_mask_policies():
   extra = ["benign/benign (300)_mask_1.png", "benign/benign (300)_mask_2.png",
-           "benign/benign (25)_mask_1.png", "malignant/malignant (10)_mask_1.png"]
+           "benign/benign (25)_mask_1.png",
+           "malignant/malignant (10)_mask_1.png"]
   names = all_busi_names(extra)
   main = busi.select_paper437(names, "main")
   last = busi.select_paper437(names, "last_sorted")

@@ -128,6 +128,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
     self._on_bad_example = common.check_on_bad_example(on_bad_example)
     super().__init__(**kwargs)
+    # Kept by pickling (TFDS rebuilds a builder from `_original_state`).
+    self._original_state["on_bad_example"] = self._on_bad_example
 
   # -- TFDS hooks --------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, *args, **kwargs):  # pragma: no cover
     raise NotImplementedError("examples come from `_generate`")
 
-  # -- helpers ------------------------------------------------------------------
+  # -- helpers -----------------------------------------------------------------
 
   def _manual_root(self, dl_manager) -> pathlib.Path:
     given = getattr(dl_manager, "_manual_dir", None)
@@ -268,7 +270,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         s: len(ids) for s, ids in metadata["missing_ids"].items()}
     return splits
 
-  # -- dataset specific -----------------------------------------------------------
+  # -- dataset specific --------------------------------------------------------
 
   @abc.abstractmethod
   def _scan(self, root: pathlib.Path, bad: BadExamples,

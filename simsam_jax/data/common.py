@@ -8,10 +8,9 @@ what they share:
   folder, unreadable file, image without mask, mask of another size, ...).
   Its message and its `path` attribute name the offending file.
 * `FileRef`, a file either on disk or inside a zip archive, named by its path
-  relative to the `manual_dir` (`"Original/12.tif"`,
-  `"ISBI2016_ISIC_Part1_Training_Data.zip/ISBI2016_ISIC_Part1_Training_Data/ISIC_0000000.jpg"`:
-  a member of a zip is named like `zipfile.Path` names it, archive name then
-  member path).
+  relative to the `manual_dir` (`"Original/12.tif"`; a member of a zip is
+  named like `zipfile.Path` names it, archive name then member path:
+  `"ISBI2016_ISIC_Part1_Training_Data.zip/<member path>"`).
 * `read_image` / `read_mask` / `read_size`: decoding with Pillow, or with
   `tifffile` for `.tif`/`.tiff` (Pillow cannot open CVC-ClinicDB's 3-sample
   MinIsBlack TIFF frames).

@@ -3,8 +3,8 @@
 Layout read from the manual_dir, each part as a folder OR as the zip file of
 the release (read in place with `zipfile`; a folder wins over a zip):
 
-    ISBI2016_ISIC_Part1_Training_Data[.zip]         ISIC_XXXXXXX.jpg  (900)
-    ISBI2016_ISIC_Part1_Training_GroundTruth[.zip]  ISIC_XXXXXXX_Segmentation.png
+    ISBI2016_ISIC_Part1_Training_Data[.zip]        ISIC_XXXXXXX.jpg (900)
+    ISBI2016_ISIC_Part1_Training_GroundTruth[.zip] ISIC_XXXXXXX_Segmentation.png
     ISBI2016_ISIC_Part1_Test_Data[.zip]             (379, optional)
     ISBI2016_ISIC_Part1_Test_GroundTruth[.zip]      (optional)
 

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simsam_jax.data import _builder
+from simsam_jax.data import protocols
 from simsam_jax.data.busi import Busi
 from simsam_jax.data.cvc_clinicdb import CvcClinicdb
 from simsam_jax.data.isic2016 import Isic2016
@@ -30,7 +31,6 @@ PathLike = Union[str, os.PathLike]
 def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
                 on_bad_example: str = "raise") -> _builder.ManualBuilder:
   """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016")."""
-  from simsam_jax.data import protocols  # pylint: disable=import-outside-toplevel
   cls = BUILDERS[protocols.canonical_dataset(name)]
   kwargs: Dict[str, Any] = {"data_dir": os.fspath(data_dir),
                             "on_bad_example": on_bad_example}
@@ -75,9 +75,10 @@ def iter_split(builder: _builder.ManualBuilder, split: str
     wanted = [split]
   else:
     metadata = builder.info.metadata or {}
+    config = builder.builder_config.name if builder.builder_config else ""
     raise ValueError(
-        f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
-        f": split {split!r} is not in the built dataset (available: "
+        f"{builder.name}/{config}: split {split!r} is not in the built "
+        f"dataset (available: "
         f"{available}; absent because empty: "
         f"{metadata.get('absent_splits', [])})")
   features = builder.info.features

@@ -270,7 +270,8 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
                      f"{raw.shape} differs from image size {image.shape[:2]}")
   mode = _text(example.get("mask_mode", "L"))
   original_size = (int(image.shape[0]), int(image.shape[1]))
-  if (dataset == "cvc_clinicdb" and protocol.cvc_tiff_color == "cv2_first_sample"
+  if (dataset == "cvc_clinicdb"
+      and protocol.cvc_tiff_color == "cv2_first_sample"
       and _text(example.get("source_format", "")) == "tiff"):
     image = np.repeat(image[..., :1], 3, axis=-1)
   size = protocol.resize_to

@@ -1,0 +1,493 @@
+r"""Evaluates SAM, SimSAM and ablations on a dataset: Table 1 in one command.
+
+  python -m simsam_jax.evaluate --config=configs/busi_paper.py --workdir=runs/busi
+  python -m simsam_jax.evaluate --config=configs/eval.py:busi --workdir=runs/busi \
+      --config.data_dir=~/tensorflow_datasets --config.manual_dir=~/data/busi \
+      --config.checkpoint=checkpoints/sam_vit_b --config.methods=sam,simsam,random,pixel_mean,k1
+
+Every image is encoded once; every requested method runs on that embedding.
+Outputs in `--workdir`:
+
+* `config.json`: the configuration of the run. Re-running with the same
+  workdir resumes; a configuration that would change results (dataset,
+  checkpoint, protocol, K, seed, ...) is refused before any work.
+* `per_image.csv`: one row per image x method (id, split, file names, DSC,
+  IoU, NSD, confidence, chosen index, foreground fraction), appended and
+  flushed image by image: an interrupted run loses nothing written, and a
+  re-run computes only the missing rows.
+* `results.json`: per method mean / population std / n of each metric, the
+  Wilcoxon signed-rank test and paired bootstrap CI of every method vs SAM,
+  the empty-mask policy, skipped files, the config, software versions and the
+  checkpoint's sha256.
+* `table.md`: Table 1 layout (mean ± std in percent, ‡ where p < 0.01 vs SAM).
+* `figures/`: panels like the paper's Fig. 2 (image with box, ground truth,
+  SAM, SimSAM, union of the K candidates) for `config.num_figures` images.
+* `masks/<method>/<id>.png` when `config.save_masks`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import zlib
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import ConfigDict, config_flags
+from PIL import Image, ImageDraw
+
+from simsam_jax import __version__, processing
+from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
+from simsam_jax.data import loading, protocols
+from simsam_jax.data.common import DatasetError
+from simsam_jax.evaluation import (compare_methods, compute_metrics, policy_description,
+                                   summarize)
+from simsam_jax.evaluation.metrics import as_policy
+from simsam_jax.evaluation.methods import method_configs
+from simsam_jax.modeling import build_sam, get_preset
+from simsam_jax.simsam import SimSam, SimSamConfig, pipeline
+
+METRICS = ("dsc", "iou", "nsd")
+CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou", "nsd",
+              "confidence", "chosen", "foreground")
+# Settings that change per-image results: a workdir refuses to mix them.
+RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "k", "seed",
+               "nsd_tolerance", "empty_mask_policy")
+PAPER_METHOD_ORDER = ("sam", "simsam", "random", "pixel_mean", "k1")
+
+
+class EvaluationError(ValueError):
+  """A bad configuration or workdir, reported before any work starts."""
+
+
+# ----------------------------------------------------------------------------
+# Model and methods.
+# ----------------------------------------------------------------------------
+
+
+def load_sam_model(spec: str):
+  """(Sam, checkpoint description) from a folder or `random:PRESET[:SEED]`."""
+  if spec.startswith("random:"):
+    parts = spec.split(":")
+    try:
+      seed = int(parts[2]) if len(parts) > 2 else 0
+      model = build_sam(get_preset(parts[1]), seed)
+    except (IndexError, ValueError) as e:
+      raise EvaluationError(f"--config.checkpoint={spec}: {e}") from None
+    return model, {"spec": spec, "random_weights": True, "sha256": None}
+  try:
+    meta = read_sidecar(spec)
+    model = load_model(spec)
+  except CheckpointError as e:
+    raise EvaluationError(f"--config.checkpoint={spec}: {e}") from None
+  return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),
+                 "sha256": meta["source"].get("sha256"), "source": meta["source"],
+                 "preset": meta.get("preset")}
+
+
+class Runner:
+  """Encodes an image once and runs every method on the embedding."""
+
+  def __init__(self, model, methods: dict[str, Optional[SimSamConfig]]):
+    self.methods = methods
+    self.engines = {name: SimSam(model, cfg) for name, cfg in methods.items()
+                    if cfg is not None}
+    self.base = SimSam(model, SimSamConfig(k=1))  # encoder and SAM-only path
+    graphdef = self.base.graphdef
+    self.state = self.base.state
+
+    def sam_only(state, embedding, box, info):
+      from flax import nnx
+      model = nnx.merge(graphdef, state)
+      box_model = pipeline.to_model_frame(box.reshape(2, 2), info).reshape(4)
+      low, iou = pipeline.first_decode(model, embedding, box_model)
+      return pipeline.low_res_to_original(low, info, low.shape[-1]) > 0, iou
+
+    self._sam_only = jax.jit(sam_only, static_argnames=("info",))
+
+  def run(self, example: protocols.PreparedExample, key: jax.Array):
+    """-> {method: dict(mask (H, W) bool, confidence, chosen, output)}."""
+    pixels, info = processing.preprocess(example.image, self.base.model_config.image_size)
+    box = jnp.asarray(example.box, jnp.float32)
+    embedding = self.base.stages.encode(self.state, jnp.asarray(pixels))
+    results = {}
+    for name, cfg in self.methods.items():
+      if cfg is None:
+        continue
+      out = jax.device_get(self.engines[name].run_from_embedding(
+          embedding, box, info, key=key, ground_truth=example.mask))
+      results[name] = {"mask": np.asarray(out.mask), "confidence": float(out.confidence),
+                       "chosen": int(out.chosen), "output": out}
+    if "sam" in self.methods:
+      sam_from = next((r["output"] for r in results.values()), None)
+      if sam_from is not None:
+        mask = np.asarray(sam_from.sam_mask)
+      else:
+        mask = np.asarray(self._sam_only(self.state, embedding, box, info)[0])
+      results["sam"] = {"mask": mask, "confidence": float("nan"), "chosen": -1,
+                        "output": None}
+    results["_info"] = info
+    return results
+
+
+# ----------------------------------------------------------------------------
+# Workdir: config check, CSV resume, atomic files.
+# ----------------------------------------------------------------------------
+
+
+def _config_dict(config: ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def check_workdir(workdir: str, config: ConfigDict) -> None:
+  """Refuses a workdir holding a run whose results-defining config differs."""
+  path = os.path.join(workdir, "config.json")
+  current = _config_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    diff = {k: (previous.get(k), current.get(k)) for k in RESULT_KEYS
+            if previous.get(k) != current.get(k)}
+    if diff:
+      lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+      raise EvaluationError(
+          f"--workdir={workdir} holds a run with a different config ({lines}); "
+          "use another workdir")
+  os.makedirs(workdir, exist_ok=True)
+  write_atomic(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def write_atomic(path: str, text_or_bytes) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(text_or_bytes.encode() if isinstance(text_or_bytes, str) else text_or_bytes)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def read_rows(path: str) -> list[dict[str, str]]:
+  """Rows of per_image.csv; a torn last line (killed mid-write) is dropped."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    lines = f.read().splitlines(keepends=True)
+  if lines and not lines[-1].endswith("\n"):
+    lines = lines[:-1]
+    with open(path, "w", newline="") as f:  # drop the torn line for good
+      f.writelines(lines)
+  rows = list(csv.DictReader(lines))
+  return [r for r in rows if r.get("method") and r.get("id")]
+
+
+class RowWriter:
+  """Appends rows to per_image.csv, flushed and fsynced image by image."""
+
+  def __init__(self, path: str):
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    self.file = open(path, "a", newline="")
+    self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
+    if new:
+      self.writer.writeheader()
+      self._sync()
+
+  def write(self, rows: list[dict[str, Any]]) -> None:
+    self.writer.writerows(rows)
+    self._sync()
+
+  def _sync(self):
+    self.file.flush()
+    os.fsync(self.file.fileno())
+
+  def close(self):
+    self.file.close()
+
+
+def _fmt(x: float) -> str:
+  return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
+
+
+# ----------------------------------------------------------------------------
+# Figures.
+# ----------------------------------------------------------------------------
+
+
+def _panel(image: np.ndarray, mask: Optional[np.ndarray], color, box=None) -> Image.Image:
+  canvas = Image.fromarray(image).convert("RGB")
+  if mask is not None:
+    tint = np.asarray(canvas).copy()
+    tint[mask] = (0.5 * tint[mask] + 0.5 * np.asarray(color)).astype(np.uint8)
+    canvas = Image.fromarray(tint)
+  if box is not None:
+    ImageDraw.Draw(canvas).rectangle([float(v) for v in box], outline=(255, 255, 0), width=2)
+  return canvas
+
+
+def figure(example: protocols.PreparedExample, sam: np.ndarray, simsam: np.ndarray,
+           union: np.ndarray) -> Image.Image:
+  """Fig. 2 layout: image + box | ground truth | SAM | SimSAM | union of K."""
+  panels = [_panel(example.image, None, None, example.box),
+            _panel(example.image, example.mask, (0, 255, 0)),
+            _panel(example.image, sam, (255, 0, 0)),
+            _panel(example.image, simsam, (0, 128, 255)),
+            _panel(example.image, union, (255, 0, 255))]
+  titles = ["image + box", "ground truth", "SAM", "SimSAM", "union of K"]
+  h, w = example.image.shape[:2]
+  sheet = Image.new("RGB", (5 * w, h + 14), (0, 0, 0))
+  draw = ImageDraw.Draw(sheet)
+  for i, (panel, title) in enumerate(zip(panels, titles)):
+    sheet.paste(panel, (i * w, 14))
+    draw.text((i * w + 2, 1), title, fill=(255, 255, 255))
+  return sheet
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+  import io
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------
+# Reports.
+# ----------------------------------------------------------------------------
+
+
+def per_method_values(rows, methods, ids) -> dict[str, dict[str, np.ndarray]]:
+  """{method: {metric: (N,) float array over `ids` (NaN where missing)}}."""
+  index = {(r["id"], r["method"]): r for r in rows}
+  out = {}
+  for m in methods:
+    out[m] = {metric: np.array([float(index[(i, m)][metric]) if (i, m) in index
+                                else np.nan for i in ids]) for metric in METRICS}
+  return out
+
+
+def render_table(dataset: str, methods, summaries, comparisons, n: int) -> str:
+  """Table 1 layout: mean ± population std in percent, ‡ for p < 0.01 vs SAM."""
+  order = [m for m in PAPER_METHOD_ORDER if m in methods] + [
+      m for m in methods if m not in PAPER_METHOD_ORDER]
+  lines = [f"# {dataset}: DSC / NSD (%), mean ± std over {n} images",
+           "", "| Method | DSC ↑ | NSD ↑ | IoU ↑ |", "|---|---|---|---|"]
+  for m in order:
+    cells = []
+    for metric in ("dsc", "nsd", "iou"):
+      s = summaries[m][metric]
+      cell = f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+      comp = comparisons.get(m, {}).get(metric) if m != "sam" else None
+      if comp and comp.get("marker"):
+        cell += f" {comp['marker']}"
+      cells.append(cell)
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  lines += ["", "‡: Wilcoxon signed-rank test vs SAM, p < 0.01 (images where both "
+            "masks are empty are excluded)."]
+  return "\n".join(lines) + "\n"
+
+
+def software_versions() -> dict[str, str]:
+  import importlib.metadata as md
+  versions = {"python": platform.python_version(), "simsam_jax": __version__}
+  for pkg in ("jax", "jaxlib", "flax", "numpy", "scipy", "tensorflow-datasets",
+              "surface-distance", "orbax-checkpoint", "Pillow"):
+    try:
+      versions[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      versions[pkg] = None
+  versions["jax_backend"] = jax.default_backend()
+  return versions
+
+
+# ----------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------
+
+
+def image_key(seed: int, example_id: str) -> jax.Array:
+  """A per-image key that depends only on (seed, id): resume-safe."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(example_id.encode()) & 0x7FFFFFFF)
+
+
+def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) an evaluation; returns the results.json content."""
+  methods = [m.strip() for m in str(config.methods).split(",") if m.strip()]
+  if not methods:
+    raise EvaluationError("--config.methods is empty")
+  try:
+    configs = method_configs(methods, int(config.k), int(config.seed))
+    policy = as_policy(config.empty_mask_policy)
+    protocol = protocols.get_protocol(config.protocol)
+  except ValueError as e:
+    raise EvaluationError(f"--config: {e}") from None
+  if not config.data_dir:
+    raise EvaluationError("--config.data_dir is required (where the TFDS dataset is built)")
+  check_workdir(workdir, config)
+
+  try:
+    examples = loading.load_split(
+        config.dataset, config.split, os.path.expanduser(config.data_dir),
+        os.path.expanduser(config.manual_dir) if config.manual_dir else None,
+        config.builder_config or None, on_bad_example=config.on_bad_example)
+  except DatasetError as e:
+    raise EvaluationError(str(e)) from None
+  builder = loading.get_builder(config.dataset, os.path.expanduser(config.data_dir),
+                                config.builder_config or None)
+  try:
+    skipped = loading.skipped_examples(builder)
+  except (OSError, ValueError):
+    skipped = []
+  examples.sort(key=lambda e: e["id"])
+  model, checkpoint = load_sam_model(config.checkpoint)
+  runner = Runner(model, configs)
+
+  csv_path = os.path.join(workdir, "per_image.csv")
+  rows = read_rows(csv_path)
+  done = {(r["id"], r["method"]) for r in rows}
+  figure_ids = {e["id"] for e in examples[:int(config.num_figures)]}
+  writer = RowWriter(csv_path)
+  bad = []
+  try:
+    iterator = examples
+    bar = None
+    if progress:
+      from tqdm import tqdm
+      bar = iterator = tqdm(examples, desc=f"{config.dataset}/{config.split}", unit="img")
+    for example in iterator:
+      todo = [m for m in methods if (example["id"], m) not in done]
+      fig_path = os.path.join(workdir, "figures", f"{example['id']}.png")
+      want_fig = (example["id"] in figure_ids and "simsam" in configs
+                  and not os.path.exists(fig_path))
+      if not todo and not want_fig:
+        continue
+      try:
+        prepared = protocols.prepare(example, protocol, config.dataset)
+      except (ValueError, DatasetError) as e:
+        if config.on_bad_example != "skip":
+          raise EvaluationError(f"{example.get('image_file', example['id'])}: {e}") from None
+        bad.append({"id": example["id"], "file": example.get("image_file"), "reason": str(e)})
+        continue
+      results = runner.run(prepared, image_key(int(config.seed), prepared.id))
+      new_rows = []
+      for m in todo:
+        r = results[m]
+        metrics = compute_metrics(r["mask"], prepared.mask, tolerance=float(config.nsd_tolerance),
+                                  spacing=prepared.spacing, policy=policy)
+        new_rows.append({
+            "id": prepared.id, "split": example.get("split", config.split),
+            "image_file": prepared.file_names[0] if prepared.file_names else "",
+            "mask_files": ";".join(prepared.file_names[1:]), "method": m,
+            **{k: _fmt(metrics[k]) for k in METRICS},
+            "confidence": _fmt(r["confidence"]), "chosen": r["chosen"],
+            "foreground": _fmt(float(r["mask"].mean()))})
+        if config.save_masks:
+          write_atomic(os.path.join(workdir, "masks", m, f"{prepared.id}.png"),
+                       _png_bytes(Image.fromarray(r["mask"].astype(np.uint8) * 255)))
+      if want_fig:
+        out = results["simsam"]["output"]
+        union = np.asarray(pipeline.low_res_to_original(
+            jnp.asarray((np.asarray(out.candidate_logits) > 0).any(0), jnp.float32) - 0.5,
+            results["_info"], out.candidate_logits.shape[-1])) > 0
+        sam_mask = np.asarray(out.sam_mask)
+        write_atomic(fig_path, _png_bytes(figure(prepared, sam_mask,
+                                                 results["simsam"]["mask"], union)))
+      writer.write(new_rows)
+      rows.extend({k: str(v) for k, v in row.items()} for row in new_rows)
+      done.update((row["id"], row["method"]) for row in new_rows)
+      if bar is not None:
+        means = {}
+        for m in ("sam", "simsam"):
+          vals = [float(r["nsd"]) for r in rows if r["method"] == m and r["nsd"] != "nan"]
+          if vals:
+            means[f"{m}_nsd"] = f"{100 * np.mean(vals):.1f}"
+        bar.set_postfix(means)
+  finally:
+    writer.close()
+
+  ids = sorted({r["id"] for r in rows if r["method"] in methods}
+               & {e["id"] for e in examples})
+  values = per_method_values(rows, methods, ids)
+  summaries = {m: {metric: summarize(values[m][metric]) for metric in METRICS}
+               for m in methods}
+  comparison = (compare_methods(values, baseline="sam", metrics=METRICS)
+                if "sam" in methods and len(methods) > 1 else None)
+  comparisons = comparison["comparisons"] if comparison else {}
+  results = {
+      "dataset": config.dataset, "builder_config": config.builder_config,
+      "split": config.split, "protocol": dataclasses.asdict(protocol),
+      "num_images": len(ids), "methods": methods,
+      "summaries": summaries, "statistics": comparison,
+      "empty_mask_policy": policy_description(policy),
+      "nsd_tolerance": float(config.nsd_tolerance),
+      "skipped": {"while_building": skipped, "while_evaluating": bad},
+      "checkpoint": checkpoint, "config": _config_dict(config),
+      "software": software_versions(),
+      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+  }
+  write_atomic(os.path.join(workdir, "results.json"),
+               json.dumps(_clean(results), indent=2, default=_json_default,
+                          allow_nan=False))
+  write_atomic(os.path.join(workdir, "table.md"),
+               render_table(config.dataset, methods, summaries, comparisons, len(ids)))
+  return results
+
+
+def _clean(x):
+  """NaN -> None and numpy scalars -> Python, recursively (strict JSON)."""
+  if isinstance(x, dict):
+    return {k: _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if isinstance(x, (np.floating, np.integer)):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, float) and math.isnan(x):
+    return None
+  return str(x)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumable).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    print("simsam_jax.evaluate: error: --config and --workdir are required", file=sys.stderr)
+    return 1
+  try:
+    results = evaluate(_CONFIG.value, _WORKDIR.value)
+  except (EvaluationError, DatasetError) as e:
+    print(f"simsam_jax.evaluate: error: {e}", file=sys.stderr)
+    return 1
+  print(open(os.path.join(_WORKDIR.value, "table.md")).read())
+  logging.info("wrote %s", _WORKDIR.value)
+  del results
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
