@@ -17,15 +17,8 @@ committed deterministic ones (simsam_jax/data/splits), not the authors'
 unrecorded random split, so expect differences of a few points.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "simsam_eval_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval.py"))
-_eval = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_eval)
+from simsam_jax.evaluation.config import get_eval_config
 
 
 def get_config(arg: str = ""):
-  extra = "," + arg if arg else ""
-  return _eval.get_config("busi" + extra)
+  return get_eval_config("busi" + ("," + arg if arg else ""))
