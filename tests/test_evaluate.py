@@ -138,3 +138,43 @@ def test_every_config_file_loads():
     assert config.dataset in ("busi", "cvc_clinicdb", "isic2016"), path
     assert "python -m simsam_jax.evaluate" in module.__doc__, path
     assert config.protocol in ("paper", "native")
+
+
+def _tree_with_bad_mask(root):
+  data_fixtures.make_busi_tree(root, {("malignant", 1): 0, ("malignant", 2): 0,
+                                      ("malignant", 4): 0, ("benign", 300): 0,
+                                      ("normal", 3): 0})
+  bad = root / "Dataset_BUSI_with_GT" / "malignant" / "malignant (4)_mask.png"
+  data_fixtures.save_png(bad, np.zeros((5, 7), bool), mode="1")  # wrong size
+  return root
+
+
+def test_bad_example_raises_naming_the_file(tmp_path):
+  manual = _tree_with_bad_mask(tmp_path / "manual")
+  config = _config(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+  with pytest.raises(ev.EvaluationError, match=r"malignant \(4\)"):
+    ev.evaluate(config, str(tmp_path / "w"), progress=False)
+
+
+def test_bad_example_skipped_and_listed(tmp_path):
+  manual = _tree_with_bad_mask(tmp_path / "manual")
+  config = _config(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual),
+                   on_bad_example="skip", methods="sam,simsam", num_figures=0)
+  results = ev.evaluate(config, str(tmp_path / "w"), progress=False)
+  assert results["num_images"] == 3
+  skipped = results["skipped"]["while_building"]
+  assert len(skipped) == 1 and "malignant (4)" in json.dumps(skipped)
+  with open(tmp_path / "w" / "results.json") as f:
+    assert "malignant (4)" in f.read()
+
+
+def test_cli_error_exit(tmp_path):
+  import subprocess
+  import sys
+  run = subprocess.run(
+      [sys.executable, "-m", "simsam_jax.evaluate", "--config=configs/eval.py:busi,runlocal",
+       f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path / 'tfds'}",
+       f"--config.manual_dir={tmp_path / 'missing_manual'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1, run.stderr[-2000:]
+  assert "missing_manual" in run.stderr and "Traceback" not in run.stderr

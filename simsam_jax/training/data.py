@@ -1,0 +1,139 @@
+"""Training data for SAM-FT: examples -> arrays, and the embedding cache.
+
+The image encoder is frozen, so every image is encoded once and the
+embeddings are cached on disk as one `.npy` per (checkpoint, dataset,
+builder config, split, protocol) under `cache_dir`:
+
+  <cache_dir>/<key>.npy    (N, G, G, C) float32 image embeddings
+  <cache_dir>/<key>.json   the key's fields and the N example ids, in order
+
+`key` is the sha256 of those fields; the checkpoint enters as its random
+spec (`random:tiny`) or the sha256 of its image-encoder weights, so a
+fine-tuned export (same encoder) shares its base checkpoint's cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simsam_jax import processing
+from simsam_jax.data import protocols
+from simsam_jax.simsam import pipeline
+
+
+@dataclasses.dataclass
+class SplitArrays:
+  """One split, ready for the decoder.
+
+  Attributes:
+    ids: N example ids.
+    boxes: (N, 4) float32 GT boxes (x0, y0, x1, y1) in the model frame.
+    targets: (N, M, M) float32 0/1 GT in the low-res logits frame.
+    infos: N `processing.ImageInfo` (sizes for mapping logits back).
+    masks: N (H, W) bool GT at the protocol resolution (for the metrics).
+    images: N (H, W, 3) uint8 images (only until encoded; then None).
+    embeddings: (N, G, G, C) float32 or None until encoded / loaded.
+  """
+  ids: list[str]
+  boxes: np.ndarray
+  targets: np.ndarray
+  infos: list[processing.ImageInfo]
+  masks: list[np.ndarray]
+  images: list[np.ndarray] | None
+  embeddings: np.ndarray | None = None
+
+
+def prepare_split(examples: Sequence[dict[str, Any]], protocol: protocols.Protocol,
+                  dataset: str, image_size: int) -> SplitArrays:
+  """Applies the protocol and maps boxes and masks into the model frames."""
+  m = image_size // processing.LOW_RES_DOWNSCALE
+  ids, boxes, targets, infos, masks, images = [], [], [], [], [], []
+  for example in sorted(examples, key=lambda e: e["id"]):
+    prepared = protocols.prepare(example, protocol, dataset)
+    height, width = prepared.image.shape[:2]
+    info = processing.ImageInfo(
+        original_size=(height, width),
+        resized_size=processing.preprocess_shape(height, width, image_size),
+        image_size=image_size)
+    box = pipeline.to_model_frame(jnp.asarray(prepared.box, jnp.float32).reshape(2, 2), info)
+    ids.append(prepared.id)
+    boxes.append(np.asarray(box, np.float32).reshape(4))
+    targets.append(np.asarray(pipeline.binary_in_low_res_frame(
+        jnp.asarray(prepared.mask), info, m), np.float32))
+    infos.append(info)
+    masks.append(prepared.mask)
+    images.append(prepared.image)
+  return SplitArrays(ids=ids, boxes=np.stack(boxes), targets=np.stack(targets),
+                     infos=infos, masks=masks, images=images)
+
+
+def encode_images(encode: Callable, state, images: Sequence[np.ndarray],
+                  image_size: int) -> np.ndarray:
+  """(N, G, G, C) float32 embeddings, one image at a time.
+
+  Args:
+    encode: `SamFunctions.encode` (state, (1, S, S, 3) pixels) -> embeddings.
+    state: the model state.
+    images: N (H, W, 3) uint8 RGB images.
+    image_size: S.
+  """
+  out = []
+  for image in images:
+    pixels, _ = processing.preprocess(image, image_size)
+    out.append(np.asarray(jax.device_get(encode(state, jnp.asarray(pixels)[None])))[0])
+  return np.stack(out).astype(np.float32)
+
+
+def checkpoint_fingerprint(spec: str, encoder_state) -> str:
+  """The random spec, or sha256 of the image-encoder weights (sorted paths)."""
+  if spec.startswith("random:"):
+    return spec
+  digest = hashlib.sha256()
+  flat = jax.tree_util.tree_flatten_with_path(encoder_state)[0]
+  for path, leaf in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+  return "sha256:" + digest.hexdigest()
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load_or_encode(split: SplitArrays, cache_dir: str, fields: dict[str, Any],
+                   encode: Callable, state, image_size: int) -> bool:
+  """Fills `split.embeddings` from the cache or by encoding (then caches).
+
+  Returns True on a cache hit. A cache whose ids differ is recomputed.
+  """
+  key = cache_key(fields)
+  array_path = os.path.join(cache_dir, key + ".npy")
+  meta_path = os.path.join(cache_dir, key + ".json")
+  if os.path.exists(array_path) and os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta.get("ids") == split.ids:
+      split.embeddings = np.load(array_path)
+      split.images = None
+      return True
+  split.embeddings = encode_images(encode, state, split.images, image_size)
+  split.images = None
+  os.makedirs(cache_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".npy", dir=cache_dir)
+  with os.fdopen(fd, "wb") as f:
+    np.save(f, split.embeddings)
+  os.replace(tmp, array_path)
+  fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".json", dir=cache_dir)
+  with os.fdopen(fd, "w") as f:
+    json.dump({**fields, "ids": split.ids}, f, indent=2)
+  os.replace(tmp, meta_path)
+  return False
