@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "scipy",
     "safetensors",
     "tqdm",
+    # TensorBoard event files from simsam_jax.finetune, without TensorFlow.
+    "tensorboardX",
     # Datasets (TFDS builders without TensorFlow: array_record files).
     "tensorflow-datasets",
     "array-record",

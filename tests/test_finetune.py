@@ -1,0 +1,369 @@
+"""SAM-FT (simsam_jax.finetune / simsam_jax.training) on a generated BUSI tree.
+
+One small training run (random `tiny` weights, S = 160, 3 epochs, batch 2)
+is shared by most tests; the kill-and-resume and 4-device checks run
+`python -m simsam_jax.finetune` / a script in subprocesses.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import data_fixtures
+from simsam_jax import evaluate as ev
+from simsam_jax.checkpoint import load_model, read_sidecar, save_checkpoint
+from simsam_jax.modeling import build_sam, get_preset
+from simsam_jax.training import data as train_data
+from simsam_jax.training import losses, trainer
+from simsam_jax.training.trainer import TrainingError, finetune
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# paper437 splits: train = 5 cases (3 steps of 2, the last padded), validation = benign_211.
+CASES = {("malignant", 1): 0, ("malignant", 2): 1, ("malignant", 7): 0,
+         ("benign", 211): 0, ("benign", 300): 1, ("benign", 212): 0}
+EPOCHS = 3
+LEARNING_RATE = 1e-3  # large enough for a visible loss drop in 3 epochs
+
+
+def _load_config_module(name):
+  spec = importlib.util.spec_from_file_location("cfg_" + name.replace(".", "_"),
+                                                REPO / "configs" / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _config(paths, **overrides):
+  config = _load_config_module("finetune.py").get_config("busi,runlocal")
+  config.data_dir = paths["data_dir"]
+  config.manual_dir = paths["manual_dir"]
+  config.epochs = EPOCHS
+  config.learning_rate = LEARNING_RATE
+  config.cache_dir = paths["cache_dir"]
+  for k, v in overrides.items():
+    setattr(config, k, v)
+  return config
+
+
+def _env(cache_dir=None, **extra):
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  if cache_dir:
+    env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  env.update(extra)
+  return env
+
+
+def _pure(model):
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.split(model)[1]))
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("busi_manual")
+  data_fixtures.make_busi_tree(root, CASES)
+  return {"manual_dir": str(root), "data_dir": str(tmp_path_factory.mktemp("tfds")),
+          "cache_dir": str(tmp_path_factory.mktemp("embedding_cache")),
+          "jax_cache": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(dataset):
+  """A persistent XLA cache shared with the subprocesses (saves recompiling)."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  previous = {n: getattr(jax.config, n) for n in names}
+  jax.config.update("jax_compilation_cache_dir", dataset["jax_cache"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
+  for n, v in previous.items():
+    jax.config.update(n, v)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ft") / "w")
+  config = _config(dataset)
+  history = finetune(config, workdir, progress=False)
+  return workdir, config, history
+
+
+# ----------------------------------------------------------------------------
+# Losses against hand-computed values.
+# ----------------------------------------------------------------------------
+
+
+def test_dice_loss_by_hand():
+  logits = jnp.array([[[0.0, 2.0], [-1.0, 3.0]]])
+  target = jnp.array([[[1.0, 1.0], [0.0, 0.0]]])
+  p = 1.0 / (1.0 + np.exp(-np.array([0.0, 2.0, -1.0, 3.0])))
+  g = np.array([1.0, 1.0, 0.0, 0.0])
+  expected = 1 - (2 * (p * g).sum() + 1e-5) / ((p ** 2).sum() + (g ** 2).sum() + 1e-5)
+  np.testing.assert_allclose(losses.dice_loss(logits, target), [expected], rtol=1e-6)
+  # Perfect, saturated prediction -> ~0; both empty -> 0 (eps / eps).
+  big = 50.0 * (2 * target - 1)
+  np.testing.assert_allclose(losses.dice_loss(big, target), [0.0], atol=1e-6)
+  np.testing.assert_allclose(losses.dice_loss(jnp.full((1, 2, 2), -50.0), jnp.zeros((1, 2, 2))),
+                             [0.0], atol=1e-6)
+
+
+def test_iou_target_threshold_is_on_logits():
+  # Logits 0.3 are "probability > 0.5" but not "> 0.5": the two readings differ.
+  logits = jnp.array([[[0.3, 0.7], [0.3, -1.0]]])
+  target = jnp.array([[[1.0, 1.0], [0.0, 0.0]]])
+  # threshold 0.5 (published): pred {0.7} -> inter 1, union 2.
+  np.testing.assert_allclose(losses.iou_of_logits(logits, target), [0.5])
+  assert losses.DEFAULT_IOU_TARGET_THRESHOLD == 0.5
+  # threshold 0: pred {0.3, 0.7, 0.3} -> inter 2, union 3.
+  np.testing.assert_allclose(losses.iou_of_logits(logits, target, 0.0), [2 / 3], rtol=1e-6)
+  # Both empty -> IoU 0 (no NaN).
+  np.testing.assert_allclose(losses.iou_of_logits(-jnp.ones((1, 2, 2)), jnp.zeros((1, 2, 2))),
+                             [0.0])
+  mse = losses.iou_prediction_loss(jnp.array([0.9]), logits, target)
+  np.testing.assert_allclose(mse, [(0.9 - 0.5) ** 2], rtol=1e-6)
+
+
+def test_total_loss_weights_and_gradient():
+  logits = jnp.array([[[0.3, 0.7], [0.3, -1.0]], [[2.0, -2.0], [1.0, 0.0]]])
+  target = jnp.array([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [1.0, 1.0]]])
+  iou_pred = jnp.array([0.9, 0.2])
+  total, parts = losses.sam_ft_loss(logits, iou_pred, target)
+  per_sample = parts["dice"] + parts["iou"]
+  np.testing.assert_allclose(total, per_sample.mean(), rtol=1e-6)
+  weighted, _ = losses.sam_ft_loss(logits, iou_pred, target, weights=jnp.array([1.0, 0.0]))
+  np.testing.assert_allclose(weighted, per_sample[0], rtol=1e-6)
+  # The IoU target is a constant: the IoU term's gradient w.r.t. logits is 0.
+  grad = jax.grad(lambda x: losses.iou_prediction_loss(iou_pred, x, target).sum())(logits)
+  assert not np.any(np.asarray(grad))
+
+
+# ----------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------
+
+
+def test_loss_falls_and_outputs(run):
+  workdir, config, history = run
+  assert history["total_steps"] == EPOCHS * 3
+  assert len(history["step_losses"]) == EPOCHS * 3
+  assert history["epoch_losses"][-1] < history["epoch_losses"][0]
+  for record in history["validation"]:
+    assert 0.0 <= record["dsc"] <= 1.0 and 0.0 <= record["nsd"] <= 1.0
+  assert os.listdir(os.path.join(workdir, "checkpoints", "last"))
+  assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
+  events = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert any(name.startswith("events.out.tfevents") for name in events)
+  with open(os.path.join(workdir, "history.json")) as f:
+    assert json.load(f)["step_losses"] == history["step_losses"]
+
+
+def test_only_the_decoder_changes(run, dataset):
+  workdir, config, _ = run
+  before = _pure(build_sam(get_preset("tiny"), 0))
+  after = _pure(load_model(os.path.join(workdir, "export", "last")))
+  for part in ("image_encoder", "prompt_encoder"):
+    a, b = _flat(before[part]), _flat(after[part])
+    assert a.keys() == b.keys()
+    for k in a:
+      assert np.array_equal(a[k], b[k]), f"{part}{k} changed"
+  # Every decoder leaf that receives a gradient on the first step changed.
+  model = build_sam(get_preset("tiny"), 0)
+  graphdef, decoder, frozen = trainer.split_model(model)
+  split = train_data.prepare_split(trainer.load_examples(config, "train"),
+                                   trainer.protocols.get_protocol("paper"), "busi", 160)
+  assert train_data.load_or_encode(split, dataset["cache_dir"], _cache_fields("train"),
+                                   None, None, 160)  # a cache hit: no encoder needed
+  tx = trainer.make_optimizer(config, 9)
+  _, _, loss_fn = trainer.make_steps(graphdef, decoder, frozen, tx, 0.5, trainer.make_mesh())
+  grads = jax.grad(loss_fn)(nnx.to_pure_dict(decoder), nnx.to_pure_dict(frozen),
+                            split.embeddings, split.boxes, split.targets,
+                            np.ones(len(split.ids), np.float32))
+  g = _flat(grads["mask_decoder"])
+  a, b = _flat(before["mask_decoder"]), _flat(after["mask_decoder"])
+  with_gradient = [k for k in g if np.any(g[k] != 0)]
+  assert len(with_gradient) > len(g) // 2
+  for k in with_gradient:
+    assert not np.array_equal(a[k], b[k]), f"mask_decoder{k} did not change"
+
+
+def _cache_fields(split):
+  return {"checkpoint": "random:tiny", "dataset": "busi", "builder_config": "paper437",
+          "split": split, "protocol": "paper", "image_size": 160}
+
+
+def test_second_run_reads_the_embedding_cache(run, dataset, tmp_path, monkeypatch):
+  _, config, history = run
+  assert history["cache_hits"] == {"train": False, "val": False}
+  def no_encoder(*args, **kwargs):
+    raise AssertionError("the image encoder ran despite the cache")
+  monkeypatch.setattr(train_data, "encode_images", no_encoder)
+  again = finetune(_config(dataset), str(tmp_path / "w2"), progress=False)
+  assert again["cache_hits"] == {"train": True, "val": True}
+  assert again["step_losses"] == history["step_losses"]
+  assert again["validation"] == history["validation"]
+
+
+def test_rerun_of_a_finished_run_does_nothing_new(run):
+  workdir, config, history = run
+  again = finetune(config, workdir, progress=False)
+  assert again["step_losses"] == history["step_losses"]
+
+
+def test_export_loads_and_evaluates(run, dataset, tmp_path):
+  workdir, _, history = run
+  for name in ("last", "best"):
+    meta = read_sidecar(os.path.join(workdir, "export", name))
+    assert meta["source"]["format"] == "sam_ft"
+    assert meta["source"]["base_checkpoint"]["spec"] == "random:tiny"
+    assert meta["preset"] == "tiny"
+  assert read_sidecar(history["exports"]["last"])["source"]["epoch"] == EPOCHS
+  assert read_sidecar(history["exports"]["best"])["source"]["epoch"] == history["best_epoch"]
+  eval_config = _load_config_module("eval.py").get_config("busi,runlocal")
+  eval_config.checkpoint = os.path.join(workdir, "export", "last")
+  eval_config.data_dir, eval_config.manual_dir = dataset["data_dir"], dataset["manual_dir"]
+  eval_config.methods, eval_config.k, eval_config.split = "sam,simsam", 3, "validation"
+  eval_config.num_figures = 0
+  results = ev.evaluate(eval_config, str(tmp_path / "eval"), progress=False)
+  assert results["num_images"] == 1
+  assert results["checkpoint"]["source"]["format"] == "sam_ft"
+  # The evaluation's SAM equals the last validation DSC of training.
+  assert results["summaries"]["sam"]["dsc"]["mean"] == pytest.approx(
+      history["validation"][-1]["dsc"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+# ----------------------------------------------------------------------------
+
+
+def test_bad_inputs(run, dataset, tmp_path):
+  workdir, config, _ = run
+  with pytest.raises(TrainingError, match="unknown dataset"):
+    finetune(_config(dataset, dataset="mnist"), str(tmp_path / "a"), progress=False)
+  with pytest.raises(TrainingError, match="protocol"):
+    finetune(_config(dataset, protocol="fancy"), str(tmp_path / "b"), progress=False)
+  with pytest.raises(TrainingError, match="batch_size"):
+    finetune(_config(dataset, batch_size=0), str(tmp_path / "c"), progress=False)
+  with pytest.raises(TrainingError, match="different config"):
+    finetune(_config(dataset, learning_rate=2e-3), workdir, progress=False)
+  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+  # A checkpoint folder that now holds another architecture than the run's.
+  other = str(tmp_path / "ckpt")
+  save_checkpoint(other, nnx.split(build_sam(get_preset("tiny_wide"), 0))[1],
+                  get_preset("tiny_wide"), {"format": "random"})
+  moved = tmp_path / "w_arch"
+  moved.mkdir()
+  with open(os.path.join(workdir, "config.json")) as f:
+    previous = json.load(f)
+  previous["checkpoint"] = other
+  (moved / "config.json").write_text(json.dumps(previous))
+  (moved / "run.json").write_text(open(os.path.join(workdir, "run.json")).read())
+  with pytest.raises(TrainingError, match="another architecture"):
+    finetune(_config(dataset, checkpoint=other), str(moved), progress=False)
+  assert not os.path.exists(moved / "checkpoints")
+
+
+# ----------------------------------------------------------------------------
+# Kill and resume; data parallel.
+# ----------------------------------------------------------------------------
+
+
+def _cli(dataset, workdir, *extra):
+  return [sys.executable, "-m", "simsam_jax.finetune",
+          "--config=configs/finetune.py:busi,runlocal",
+          f"--workdir={workdir}", f"--config.data_dir={dataset['data_dir']}",
+          f"--config.manual_dir={dataset['manual_dir']}", f"--config.epochs={EPOCHS}",
+          f"--config.learning_rate={LEARNING_RATE}", f"--config.cache_dir={dataset['cache_dir']}",
+          *extra]
+
+
+def _saved_steps(workdir):
+  folder = os.path.join(workdir, "checkpoints", "last")
+  if not os.path.isdir(folder):
+    return []
+  return [int(n) for n in os.listdir(folder) if n.isdigit()]
+
+
+def test_kill_and_resume_is_bit_identical(run, dataset, tmp_path):
+  reference_dir, _, reference = run
+  workdir = str(tmp_path / "killed")
+  command = _cli(dataset, workdir, "--config.checkpoint_every_steps=1")
+  process = subprocess.Popen(command, cwd=REPO, env=_env(dataset["jax_cache"]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  try:
+    while time.time() < deadline and process.poll() is None:
+      if any(s >= 2 for s in _saved_steps(workdir)):
+        break
+      time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+  finally:
+    process.wait()
+  killed_at = max(_saved_steps(workdir))
+  assert 2 <= killed_at < reference["total_steps"], "the run was not killed mid-training"
+  assert not os.path.exists(os.path.join(workdir, "export"))
+  done = subprocess.run(command, cwd=REPO, env=_env(dataset["jax_cache"]),
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "history.json")) as f:
+    resumed = json.load(f)
+  assert resumed["step_losses"] == reference["step_losses"]
+  for name in ("last", "best"):
+    a = _flat(_pure(load_model(os.path.join(reference_dir, "export", name))))
+    b = _flat(_pure(load_model(os.path.join(workdir, "export", name))))
+    assert a.keys() == b.keys()
+    for k in a:
+      assert np.array_equal(a[k], b[k]), f"{name}{k} differs after resume"
+
+
+FOUR_DEVICES = textwrap.dedent("""
+    import json, sys
+    import jax
+    from simsam_jax.training.trainer import TrainingError, finetune
+    sys.path.insert(0, {tests!r})
+    import test_finetune as t
+    dataset = json.loads({dataset!r})
+    assert jax.device_count() == 4, jax.devices()
+    try:
+      finetune(t._config(dataset), {workdir!r} + "_bad", progress=False)
+      print("NO_ERROR")
+    except TrainingError as e:
+      print("BATCH_ERROR", e)
+    history = finetune(t._config(dataset, batch_size=4, epochs=1), {workdir!r},
+                       progress=False)
+    print("LOSSES", json.dumps(history["step_losses"]))
+""")
+
+
+def test_four_devices_match_one_device(run, dataset, tmp_path):
+  one = finetune(_config(dataset, batch_size=4, epochs=1), str(tmp_path / "one"),
+                 progress=False)
+  script = FOUR_DEVICES.format(tests=str(REPO / "tests"), dataset=json.dumps(dataset),
+                               workdir=str(tmp_path / "four"))
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                        text=True, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                                            JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in done.stdout.splitlines()
+           if line.startswith(("LOSSES", "BATCH_ERROR", "NO_ERROR"))}
+  assert "not divisible by the 4 devices" in lines["BATCH_ERROR"]
+  four = json.loads(lines["LOSSES"])
+  assert len(four) == len(one["step_losses"]) == 2
+  np.testing.assert_allclose(four, one["step_losses"], atol=1e-5, rtol=0)
