@@ -191,7 +191,7 @@ def main(argv):
   if _TORCH.value and have_torch:
     theirs, tv, threads = torch_timings(config, image, box, ks, _REPEATS.value)
     print(f"# PyTorch {tv} (transformers SamModel), {threads} threads, CPU")
-  print(f"\n| stage | JAX ms | PyTorch ms | JAX / PyTorch |")
+  print("\n| stage | JAX ms | PyTorch ms | JAX / PyTorch |")
   print("|---|---:|---:|---:|")
   for name, ms in ours.items():
     t = theirs.get(name)

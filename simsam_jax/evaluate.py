@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import zlib
 from typing import Any, Optional
 
@@ -47,14 +46,13 @@ from ml_collections import ConfigDict, config_flags
 from PIL import Image, ImageDraw
 
 from simsam_jax import __version__, processing
-from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
+from simsam_jax import workdir as workdir_lib
 from simsam_jax.data import loading, protocols
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import (compare_methods, compute_metrics, policy_description,
                                    summarize)
 from simsam_jax.evaluation.metrics import as_policy
 from simsam_jax.evaluation.methods import method_configs
-from simsam_jax.modeling import build_sam, get_preset
 from simsam_jax.simsam import SimSam, SimSamConfig, pipeline
 
 METRICS = ("dsc", "iou", "nsd")
@@ -76,23 +74,11 @@ class EvaluationError(ValueError):
 
 
 def load_sam_model(spec: str):
-  """(Sam, checkpoint description) from a folder or `random:PRESET[:SEED]`."""
-  if spec.startswith("random:"):
-    parts = spec.split(":")
-    try:
-      seed = int(parts[2]) if len(parts) > 2 else 0
-      model = build_sam(get_preset(parts[1]), seed)
-    except (IndexError, ValueError) as e:
-      raise EvaluationError(f"--config.checkpoint={spec}: {e}") from None
-    return model, {"spec": spec, "random_weights": True, "sha256": None}
+  """`simsam_jax.workdir.load_sam_model`, with errors as EvaluationError."""
   try:
-    meta = read_sidecar(spec)
-    model = load_model(spec)
-  except CheckpointError as e:
-    raise EvaluationError(f"--config.checkpoint={spec}: {e}") from None
-  return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),
-                 "sha256": meta["source"].get("sha256"), "source": meta["source"],
-                 "preset": meta.get("preset")}
+    return workdir_lib.load_sam_model(spec)
+  except ValueError as e:
+    raise EvaluationError(str(e)) from None
 
 
 class Runner:
@@ -145,8 +131,7 @@ class Runner:
 # ----------------------------------------------------------------------------
 
 
-def _config_dict(config: ConfigDict) -> dict[str, Any]:
-  return json.loads(config.to_json_best_effort())
+_config_dict = workdir_lib.config_dict
 
 
 def check_workdir(workdir: str, config: ConfigDict) -> None:
@@ -167,18 +152,7 @@ def check_workdir(workdir: str, config: ConfigDict) -> None:
   write_atomic(path, json.dumps(current, indent=2, sort_keys=True))
 
 
-def write_atomic(path: str, text_or_bytes) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(text_or_bytes.encode() if isinstance(text_or_bytes, str) else text_or_bytes)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+write_atomic = workdir_lib.write_atomic
 
 
 def read_rows(path: str) -> list[dict[str, str]]:

@@ -104,7 +104,7 @@ from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
 from simsam_jax.modeling import (SamConfig, SamFunctions, build_sam, get_preset,
                                  make_sam_functions)
 from simsam_jax.simsam import (AGGREGATIONS, CLICK_STRATEGIES, MASK_PROMPTS,
-                               SimSam, SimSamConfig, SimSamOutput, pipeline)
+                               SimSam, SimSamConfig, SimSamOutput)
 
 RANDOM_PREFIX = "random"
 MASK_SUFFIX = ".png"

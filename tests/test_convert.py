@@ -12,7 +12,7 @@ from flax import nnx
 
 import torch_reference as tr
 from simsam_jax.checkpoint import (CheckpointError, convert_checkpoint, infer_config,
-                                   load_model, read_checkpoint)
+                                   read_checkpoint)
 from simsam_jax.modeling import PRESETS, abstract_sam, get_preset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,6 @@ Tolerances are those of a 12-block ViT in float32: max |delta logits| <= 1e-3
 and >= 99.9% agreement of the logits' sign.
 """
 
-import dataclasses
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ the ground-truth extremity box.
 import numpy as np
 import pytest
 import torch
-import jax
 import jax.numpy as jnp
 from PIL import Image
 

@@ -23,7 +23,6 @@ import dataclasses
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

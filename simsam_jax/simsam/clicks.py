@@ -20,7 +20,6 @@ All are pure JAX with static shapes (jit/vmap-safe). Register a new one with
 
 from __future__ import annotations
 
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

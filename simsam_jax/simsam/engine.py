@@ -21,7 +21,6 @@ recompilation.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -59,12 +58,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
-from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar, save_checkpoint
+from simsam_jax import workdir as workdir_lib
+from simsam_jax.checkpoint import save_checkpoint
 from simsam_jax.data import loading, protocols
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import compute_metrics
 from simsam_jax.evaluation.config import DATASETS
-from simsam_jax.modeling import build_sam, get_preset
 from simsam_jax.simsam import pipeline
 from simsam_jax.training import data as train_data
 from simsam_jax.training.losses import sam_ft_loss
@@ -186,47 +185,20 @@ def validate(predict, params, frozen, split: train_data.SplitArrays,
 
 
 # ----------------------------------------------------------------------------
-# Config and workdir checks. (simsam_jax.evaluate defines absl flags at import,
-# so its helpers are mirrored here rather than imported.)
+# Config and workdir checks.
 # ----------------------------------------------------------------------------
 
 
 def load_sam_model(spec: str):
-  """(Sam, checkpoint description) from a folder or `random:PRESET[:SEED]`."""
-  if spec.startswith("random:"):
-    parts = spec.split(":")
-    try:
-      seed = int(parts[2]) if len(parts) > 2 else 0
-      model = build_sam(get_preset(parts[1]), seed)
-    except (IndexError, ValueError) as e:
-      raise TrainingError(f"--config.checkpoint={spec}: {e}") from None
-    return model, {"spec": spec, "random_weights": True, "sha256": None}
+  """`simsam_jax.workdir.load_sam_model`, with errors as TrainingError."""
   try:
-    meta = read_sidecar(spec)
-    model = load_model(spec)
-  except CheckpointError as e:
-    raise TrainingError(f"--config.checkpoint={spec}: {e}") from None
-  return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),
-                 "sha256": meta["source"].get("sha256"), "source": meta["source"],
-                 "preset": meta.get("preset")}
+    return workdir_lib.load_sam_model(spec)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
 
 
-def write_atomic(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _config_dict(config: ConfigDict) -> dict[str, Any]:
-  return json.loads(config.to_json_best_effort())
+write_atomic = workdir_lib.write_atomic
+_config_dict = workdir_lib.config_dict
 
 
 def validate_config(config: ConfigDict) -> protocols.Protocol:

@@ -1,0 +1,62 @@
+"""Helpers shared by the launchers (evaluate, finetune): no absl flags here.
+
+* `load_sam_model(spec)`: a SAM from a converted checkpoint folder or from
+  `random:PRESET[:SEED]`, with a JSON-ready description of where it came from.
+* `write_atomic(path, data)`: write to a temporary sibling, then rename.
+* `config_dict(config)`: an `ml_collections.ConfigDict` as plain JSON data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Union
+
+from ml_collections import ConfigDict
+
+from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
+from simsam_jax.modeling import build_sam, get_preset
+
+
+def load_sam_model(spec: str):
+  """(Sam, description) from a folder or `random:PRESET[:SEED]`.
+
+  Raises:
+    ValueError naming `spec` (a bad preset or seed, an unusable folder).
+  """
+  if spec.startswith("random:"):
+    parts = spec.split(":")
+    try:
+      seed = int(parts[2]) if len(parts) > 2 else 0
+      model = build_sam(get_preset(parts[1]), seed)
+    except (IndexError, ValueError) as e:
+      raise ValueError(f"--config.checkpoint={spec}: {e}") from None
+    return model, {"spec": spec, "random_weights": True, "sha256": None}
+  try:
+    meta = read_sidecar(spec)
+    model = load_model(spec)
+  except CheckpointError as e:
+    raise ValueError(f"--config.checkpoint={spec}: {e}") from None
+  return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),
+                 "sha256": meta["source"].get("sha256"), "source": meta["source"],
+                 "preset": meta.get("preset")}
+
+
+def write_atomic(path: str, data: Union[str, bytes]) -> None:
+  """Writes `data` to `path` via a temporary file in the same folder."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def config_dict(config: ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
