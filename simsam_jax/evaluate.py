@@ -138,16 +138,10 @@ def check_workdir(workdir: str, config: ConfigDict) -> None:
   """Refuses a workdir holding a run whose results-defining config differs."""
   path = os.path.join(workdir, "config.json")
   current = _config_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    diff = {k: (previous.get(k), current.get(k)) for k in RESULT_KEYS
-            if previous.get(k) != current.get(k)}
-    if diff:
-      lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-      raise EvaluationError(
-          f"--workdir={workdir} holds a run with a different config ({lines}); "
-          "use another workdir")
+  try:
+    workdir_lib.refuse_changed_config(workdir, current, RESULT_KEYS)
+  except ValueError as e:
+    raise EvaluationError(str(e)) from None
   os.makedirs(workdir, exist_ok=True)
   write_atomic(path, json.dumps(current, indent=2, sort_keys=True))
 

@@ -4,6 +4,8 @@
   `random:PRESET[:SEED]`, with a JSON-ready description of where it came from.
 * `write_atomic(path, data)`: write to a temporary sibling, then rename.
 * `config_dict(config)`: an `ml_collections.ConfigDict` as plain JSON data.
+* `refuse_changed_config(workdir, current, keys)`: a workdir's recorded run
+  must agree on the results-defining keys.
 """
 
 from __future__ import annotations
@@ -60,3 +62,18 @@ def write_atomic(path: str, data: Union[str, bytes]) -> None:
 
 def config_dict(config: ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
+
+
+def refuse_changed_config(workdir: str, current: dict[str, Any], keys) -> None:
+  """ValueError if `workdir/config.json` differs from `current` on `keys`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  diff = {k: (previous.get(k), current.get(k)) for k in keys
+          if previous.get(k) != current.get(k)}
+  if diff:
+    lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"--workdir={workdir} holds a run with a different config ({lines}); "
+                     "use another workdir")

@@ -228,15 +228,10 @@ def check_workdir(workdir: str, config: ConfigDict, architecture: dict[str, Any]
   config_path = os.path.join(workdir, "config.json")
   run_path = os.path.join(workdir, "run.json")
   current = _config_dict(config)
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      previous = json.load(f)
-    diff = {k: (previous.get(k), current.get(k)) for k in RESULT_KEYS
-            if previous.get(k) != current.get(k)}
-    if diff:
-      lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-      raise TrainingError(f"--workdir={workdir} holds a run with a different config ({lines}); "
-                          "use another workdir")
+  try:
+    workdir_lib.refuse_changed_config(workdir, current, RESULT_KEYS)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   if os.path.exists(run_path):
     with open(run_path) as f:
       previous_arch = json.load(f).get("architecture")
