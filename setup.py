@@ -34,6 +34,10 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "transformers",
     "segment-anything",
+    # The notebooks are executed top to bottom by the tests (papermill injects
+    # their smoke parameters; ipykernel provides the "python3" kernel).
+    "papermill",
+    "ipykernel",
 ]
 
 setuptools.setup(

@@ -135,15 +135,23 @@ _config_dict = workdir_lib.config_dict
 
 
 def check_workdir(workdir: str, config: ConfigDict) -> None:
-  """Refuses a workdir holding a run whose results-defining config differs."""
-  path = os.path.join(workdir, "config.json")
-  current = _config_dict(config)
+  """Refuses a workdir holding a run whose results-defining config differs.
+
+  Writes nothing (see `record_config`).
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise EvaluationError(f"--workdir={workdir} exists and is not a folder")
   try:
-    workdir_lib.refuse_changed_config(workdir, current, RESULT_KEYS)
+    workdir_lib.refuse_changed_config(workdir, _config_dict(config), RESULT_KEYS)
   except ValueError as e:
     raise EvaluationError(str(e)) from None
+
+
+def record_config(workdir: str, config: ConfigDict) -> None:
+  """Creates the workdir and writes `config.json` (after every check passed)."""
   os.makedirs(workdir, exist_ok=True)
-  write_atomic(path, json.dumps(current, indent=2, sort_keys=True))
+  write_atomic(os.path.join(workdir, "config.json"),
+               json.dumps(_config_dict(config), indent=2, sort_keys=True))
 
 
 write_atomic = workdir_lib.write_atomic
@@ -304,13 +312,16 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   if not config.data_dir:
     raise EvaluationError("--config.data_dir is required (where the TFDS dataset is built)")
   check_workdir(workdir, config)
+  # Everything that can fail on bad input (checkpoint, dataset) comes before
+  # the first write to the workdir: a refused run leaves nothing behind.
+  model, checkpoint = load_sam_model(config.checkpoint)
 
   try:
     examples = loading.load_split(
         config.dataset, config.split, os.path.expanduser(config.data_dir),
         os.path.expanduser(config.manual_dir) if config.manual_dir else None,
         config.builder_config or None, on_bad_example=config.on_bad_example)
-  except DatasetError as e:
+  except (DatasetError, ValueError) as e:
     raise EvaluationError(str(e)) from None
   builder = loading.get_builder(config.dataset, os.path.expanduser(config.data_dir),
                                 config.builder_config or None)
@@ -319,8 +330,10 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   except (OSError, ValueError):
     skipped = []
   examples.sort(key=lambda e: e["id"])
-  model, checkpoint = load_sam_model(config.checkpoint)
+  if not examples:
+    raise EvaluationError(f"{config.dataset}: split {config.split!r} has no example")
   runner = Runner(model, configs)
+  record_config(workdir, config)
 
   csv_path = os.path.join(workdir, "per_image.csv")
   rows = read_rows(csv_path)
@@ -436,26 +449,31 @@ def _json_default(x):
   return str(x)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumable).")
+def define_flags() -> None:
+  """Defines --config and --workdir (only when run as a program, so that other
+  launchers, such as `simsam_jax.demo`, can import this module)."""
+  config_flags.DEFINE_config_file("config", None, "Evaluation config file.")
+  flags.DEFINE_string("workdir", None, "Output folder (resumable).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or not _WORKDIR.value:
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if config is None or not workdir:
     print("simsam_jax.evaluate: error: --config and --workdir are required", file=sys.stderr)
     return 1
   try:
-    results = evaluate(_CONFIG.value, _WORKDIR.value)
+    evaluate(config, workdir)
   except (EvaluationError, DatasetError) as e:
     print(f"simsam_jax.evaluate: error: {e}", file=sys.stderr)
     return 1
-  print(open(os.path.join(_WORKDIR.value, "table.md")).read())
-  logging.info("wrote %s", _WORKDIR.value)
-  del results
+  with open(os.path.join(workdir, "table.md")) as f:
+    print(f.read())
+  logging.info("wrote %s", workdir)
   return 0
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

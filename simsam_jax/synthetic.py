@@ -2,8 +2,12 @@
 
 Lets the command-line tools and tests run without downloading any data:
 `phantom(seed=...)` draws a grey speckle background with a darker, roughly
-elliptical "lesion" whose boundary is slightly irregular, and returns the
-image together with the lesion's ground-truth mask and bounding box.
+elliptical "lesion" whose boundary is irregular and, like a real lesion's in
+ultrasound, soft and noisy: the echo level blends from lesion to tissue over
+a few pixels (a width drawn per seed) and the blend is perturbed by speckle,
+so the ground-truth contour is not an intensity edge. It returns the image
+together with the lesion's ground-truth mask and bounding box. The `phantom`
+TFDS dataset (`simsam_jax.data.phantom`) is a set of these.
 
 `parse_image_spec` turns the `--image` values `synthetic`,
 `synthetic:SEED` and `synthetic:SEED:HxW` into a phantom.
@@ -101,10 +105,20 @@ def phantom(height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH,
   # slightly brighter band beneath it (posterior acoustic enhancement).
   depth_gain = 1.0 - 0.35 * rows / max(height - 1, 1)
   tissue = 120.0 * depth_gain * _speckle(rng, (height, width), 1.0)
-  lesion = 40.0 * _speckle(rng, (height, width), 1.0)
+  lesion_level = rng.uniform(30.0, 60.0)
+  lesion = lesion_level * _speckle(rng, (height, width), 1.0)
   below = (rows > centre_y) & (np.abs(dx) < 0.8 * semi_axis_x)
   tissue = np.where(below & ~mask, tissue * 1.15, tissue)
-  grey = np.where(mask, lesion, tissue)
+  # Soft, noisy boundary: a logistic blend across the signed distance to the
+  # contour (positive inside), its width drawn per seed, perturbed by smooth
+  # noise so that the visible edge wanders around the true one.
+  edge_width = rng.uniform(0.5, 2.5)
+  signed = (ndimage.distance_transform_edt(mask)
+            - ndimage.distance_transform_edt(~mask))
+  wander = ndimage.gaussian_filter(rng.normal(size=(height, width)), sigma=3.0)
+  wander *= 1.5 / max(float(np.abs(wander).max()), 1e-6)
+  inside = 1.0 / (1.0 + np.exp(-(signed + wander) / edge_width))
+  grey = inside * lesion + (1.0 - inside) * tissue
   grey = ndimage.gaussian_filter(grey, sigma=1.2)
   grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 

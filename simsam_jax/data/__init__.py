@@ -2,7 +2,8 @@
 
 * `busi.Busi`, `cvc_clinicdb.CvcClinicdb`, `isic2016.Isic2016`: TFDS
   `GeneratorBasedBuilder`s (registered as "busi", "cvc_clinicdb",
-  "isic2016") that read a `manual_dir` and write ArrayRecord files.
+  "isic2016") that read a `manual_dir` and write ArrayRecord files;
+  `phantom.Phantom` ("phantom") generates ultrasound-like lesions instead.
 * `splitting` and `make_splits`: the committed, deterministic splits
   (`splits/*.json`).
 * `protocols`: the `paper` and `native` evaluation protocols (`prepare`).
@@ -15,6 +16,7 @@ from simsam_jax.data.common import DatasetError
 from simsam_jax.data.busi import Busi, BusiConfig, select_paper437
 from simsam_jax.data.cvc_clinicdb import CvcClinicdb
 from simsam_jax.data.isic2016 import Isic2016
+from simsam_jax.data.phantom import Phantom
 from simsam_jax.data.loading import (build_metadata, get_builder, iter_split,
                                      load_split, prepare_builder,
                                      skipped_examples)
@@ -24,7 +26,7 @@ from simsam_jax.data.protocols import (NATIVE, PAPER, PROTOCOLS,
 
 __all__ = [
     "Busi", "BusiConfig", "CvcClinicdb", "DatasetError", "Isic2016", "NATIVE",
-    "PAPER", "PROTOCOLS", "PreparedExample", "Protocol", "box_from_mask",
+    "PAPER", "PROTOCOLS", "Phantom", "PreparedExample", "Protocol", "box_from_mask",
     "build_metadata", "get_builder", "iter_split", "load_split", "prepare",
     "prepare_builder", "select_paper437", "skipped_examples",
 ]

@@ -98,11 +98,8 @@ def common_features(**extra: Any) -> tfds.features.FeaturesDict:
   })
 
 
-class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Common machinery; subclasses implement `_scan` and `_assign_splits`."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder that writes ArrayRecord files and needs no TFDS download step."""
 
   @tfds_utils.classproperty
   @classmethod
@@ -115,6 +112,18 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     none).
     """
     return epath.Path(inspect.getfile(cls))
+
+  def download_and_prepare(self, *, file_format=None, **kwargs: Any) -> None:
+    """`tfds.core.DatasetBuilder.download_and_prepare`, ArrayRecord default."""
+    return super().download_and_prepare(
+        file_format=file_format or "array_record", **kwargs)
+
+
+class ManualBuilder(LocalBuilder, skip_registration=True):
+  """Common machinery; subclasses implement `_scan` and `_assign_splits`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def __init__(self, *, on_bad_example: str = "raise", **kwargs: Any):
     """Constructs the builder.
@@ -132,11 +141,6 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._original_state["on_bad_example"] = self._on_bad_example
 
   # -- TFDS hooks --------------------------------------------------------------
-
-  def download_and_prepare(self, *, file_format=None, **kwargs: Any) -> None:
-    """`tfds.core.DatasetBuilder.download_and_prepare`, ArrayRecord default."""
-    return super().download_and_prepare(
-        file_format=file_format or "array_record", **kwargs)
 
   def _download_and_prepare(self, dl_manager, download_config=None) -> None:
     super()._download_and_prepare(dl_manager, download_config)

@@ -22,15 +22,17 @@ from simsam_jax.data import protocols
 from simsam_jax.data.busi import Busi
 from simsam_jax.data.cvc_clinicdb import CvcClinicdb
 from simsam_jax.data.isic2016 import Isic2016
+from simsam_jax.data.phantom import Phantom
 
-BUILDERS = {"busi": Busi, "cvc_clinicdb": CvcClinicdb, "isic2016": Isic2016}
+BUILDERS = {"busi": Busi, "cvc_clinicdb": CvcClinicdb, "isic2016": Isic2016,
+            "phantom": Phantom}
 SPLITS = ("train", "validation", "test")
 PathLike = Union[str, os.PathLike]
 
 
 def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
                 on_bad_example: str = "raise") -> _builder.ManualBuilder:
-  """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016")."""
+  """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016", "phantom")."""
   cls = BUILDERS[protocols.canonical_dataset(name)]
   kwargs: Dict[str, Any] = {"data_dir": os.fspath(data_dir),
                             "on_bad_example": on_bad_example}
@@ -142,6 +144,9 @@ def skipped_examples(builder_or_dir: Union[_builder.ManualBuilder, PathLike]
     One dict per skipped file: "id", "path", "file" (relative to the
     manual_dir) and "reason".
   """
+  if isinstance(builder_or_dir, _builder.LocalBuilder) and not isinstance(
+      builder_or_dir, _builder.ManualBuilder):
+    return []  # generated data (phantom): nothing is ever skipped
   if isinstance(builder_or_dir, _builder.ManualBuilder):
     folder = pathlib.Path(os.fspath(builder_or_dir.data_dir))
   else:

@@ -55,7 +55,9 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-DATASETS = ("busi", "cvc_clinicdb", "isic2016")
+# `phantom` is the generated dataset (simsam_jax.data.phantom), prepared like
+# BUSI.
+DATASETS = ("busi", "cvc_clinicdb", "isic2016", "phantom")
 _ALIASES = {"cvc": "cvc_clinicdb", "cvc612": "cvc_clinicdb",
             "cvc_clinic_db": "cvc_clinicdb", "isic": "isic2016",
             "isic_2016": "isic2016"}
@@ -149,7 +151,7 @@ class PreparedExample:
 
 
 def canonical_dataset(dataset: str) -> str:
-  """"busi", "cvc_clinicdb" or "isic2016" (a few aliases accepted)."""
+  """"busi", "cvc_clinicdb", "isic2016" or "phantom" (aliases accepted)."""
   name = str(dataset).lower()
   name = _ALIASES.get(name, name)
   if name not in DATASETS:

@@ -2,7 +2,7 @@
 
 from ml_collections import ConfigDict
 
-DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": ""}
+DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": "", "phantom": "default"}
 ALIASES = {"cvc": "cvc_clinicdb", "isic": "isic2016"}
 
 

@@ -1,0 +1,155 @@
+r"""The main job on an embedded default: SAM vs SimSAM, no download needed.
+
+  python -m simsam_jax.demo --workdir=runs/demo
+
+Generates the `phantom` dataset (`simsam_jax.data.phantom`: 24 test images of
+ultrasound-like lesions with soft, noisy boundaries and exact masks) into
+`WORKDIR/tensorflow_datasets`, then runs the full evaluation of
+`simsam_jax.evaluate` on it: SAM, SimSAM (K = 50, the paper's settings) and
+the ablations `random`, `pixel_mean`, `k1` and `oracle`, with a small
+randomly initialised SAM (`random:tiny_1024`: 1024 x 1024 input, a two-block
+windowed ViT, SAM's prompt encoder and mask decoder). About a minute on two
+CPU cores.
+
+With random weights the masks, and so every number, are meaningless: the run
+shows that the whole pipeline works and what it writes. The outputs are those
+of a real evaluation (see `simsam_jax/evaluate.py`): `config.json`,
+`per_image.csv`, `results.json`, `table.md` and `figures/`. Re-running the
+same command resumes; a workdir holding a different configuration is
+refused.
+
+Every field of the configuration (`configs/eval.py`) can be overridden:
+
+  python -m simsam_jax.demo --workdir=runs/demo_vit_b \
+      --config.checkpoint=checkpoints/sam_vit_b     # real weights on phantoms
+  python -m simsam_jax.demo --workdir=runs/demo_small \
+      --config.builder_config=small --config.k=8    # seconds
+
+For the paper's datasets use `python -m simsam_jax.evaluate` with the files
+in `configs/` (see README, "Reproducing Table 1").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+from simsam_jax.data.common import DatasetError
+from simsam_jax.evaluation.config import get_eval_config
+
+DEMO_METHODS = "sam,simsam,random,pixel_mean,k1,oracle"
+DEMO_CHECKPOINT = "random:tiny_1024"
+OUTPUTS = ("config.json", "per_image.csv", "results.json", "table.md", "figures")
+
+
+def demo_config() -> ConfigDict:
+  """The evaluation config of the demo: the phantom test split, random weights.
+
+  `data_dir` is left empty: `run` puts the dataset in `WORKDIR/tensorflow_datasets`.
+  """
+  config = get_eval_config("phantom")
+  config.checkpoint = DEMO_CHECKPOINT
+  config.data_dir = ""
+  config.methods = DEMO_METHODS
+  config.num_figures = 4
+  return config
+
+
+def random_weights_warning(checkpoint: str) -> str:
+  """The banner printed when the model is randomly initialised."""
+  return "\n".join([
+      "=" * 78,
+      f"RANDOM WEIGHTS: the model is a randomly initialised SAM ({checkpoint}).",
+      "Its masks, and every number below, are meaningless: this run shows that",
+      "the pipeline works end to end and what an evaluation writes.",
+      "=" * 78,
+  ])
+
+
+def next_steps(workdir: str) -> str:
+  """What to run with a real checkpoint."""
+  return "\n".join([
+      "With real weights (the official ViT-B checkpoint, sam_vit_b_01ec64.pth):",
+      "  pip install -e '.[torch]'",
+      "  python -m simsam_jax.convert --src=sam_vit_b_01ec64.pth --dst=checkpoints/sam_vit_b",
+      f"  python -m simsam_jax.demo --workdir={workdir}_vit_b "
+      "--config.checkpoint=checkpoints/sam_vit_b",
+      "and Table 1 of the paper on BUSI (likewise configs/cvc_paper.py, configs/isic_paper.py):",
+      "  python -m simsam_jax.evaluate --config=configs/busi_paper.py --workdir=runs/busi \\",
+      "      --config.manual_dir=~/data/busi --config.checkpoint=checkpoints/sam_vit_b",
+  ])
+
+
+def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict:
+  """Runs the demo evaluation; returns the content of `results.json`.
+
+  Args:
+    config: an evaluation config (`demo_config()` or any `configs/eval.py`
+      config); an empty `data_dir` becomes `WORKDIR/tensorflow_datasets`.
+    workdir: output folder.
+    progress: show a progress bar.
+
+  Raises:
+    simsam_jax.evaluate.EvaluationError, DatasetError: bad configuration or
+      workdir, before anything is written. A workdir that did not exist
+      before the call is removed again when the run fails this way.
+  """
+  from simsam_jax import evaluate  # pylint: disable=import-outside-toplevel
+
+  config = ConfigDict(config.to_dict())
+  if not config.data_dir:
+    config.data_dir = os.path.join(workdir, "tensorflow_datasets")
+  created = not os.path.exists(workdir)
+  try:
+    return evaluate.evaluate(config, workdir, progress=progress)
+  except (evaluate.EvaluationError, DatasetError):
+    if created and os.path.isdir(workdir):
+      shutil.rmtree(workdir)
+    raise
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumable).")
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config", demo_config(), "Evaluation config; override fields with --config.FIELD=value.")
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value:
+    print("simsam_jax.demo: error: --workdir is required "
+          "(e.g. --workdir=runs/demo)", file=sys.stderr)
+    return 1
+  from simsam_jax import evaluate  # pylint: disable=import-outside-toplevel
+
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  random_weights = str(config.checkpoint).startswith("random:")
+  if random_weights:
+    print(random_weights_warning(config.checkpoint), flush=True)
+  print(f"Evaluating {config.methods} (K = {config.k}) on {config.dataset}/"
+        f"{config.builder_config or 'default'} ({config.split} split), "
+        f"checkpoint {config.checkpoint}, into {workdir}", flush=True)
+  start = time.perf_counter()
+  try:
+    results = run(config, workdir)
+  except (evaluate.EvaluationError, DatasetError) as e:
+    print(f"simsam_jax.demo: error: {e}", file=sys.stderr)
+    return 1
+  elapsed = time.perf_counter() - start
+  with open(os.path.join(workdir, "table.md")) as f:
+    print("\n" + f.read())
+  print(f"{results['num_images']} images, {len(results['methods'])} methods in "
+        f"{elapsed:.0f} s. Wrote to {workdir}: " + ", ".join(OUTPUTS))
+  if random_weights:
+    print(random_weights_warning(config.checkpoint))
+    print(next_steps(workdir.rstrip("/")))
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
