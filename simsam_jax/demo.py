@@ -147,6 +147,9 @@ def main(argv) -> int:
     print(f"simsam_jax.demo: error: {e}", file=sys.stderr)
     return 1
   elapsed = time.perf_counter() - start
+  if not results["complete"]:
+    print(evaluate.incomplete_message(results, workdir))
+    return 0
   with open(os.path.join(workdir, "table.md")) as f:
     print("\n" + f.read())
   print(f"{results['num_images']} images, {len(results['methods'])} methods in "

@@ -23,6 +23,21 @@ Outputs in `--workdir`:
 * `figures/`: panels like the paper's Fig. 2 (image with box, ground truth,
   SAM, SimSAM, union of the K candidates) for `config.num_figures` images.
 * `masks/<method>/<id>.png` when `config.save_masks`.
+
+Several processes can share the work (`config.num_shards`,
+`config.shard_index`, `config.distributed`): each evaluates the images
+`i % num_shards == shard_index` of the split and appends its rows to
+`shards/SSSSS-of-NNNNN.csv` in the common workdir (which must be on storage
+every process sees); the process that finds every image done writes the merged
+`per_image.csv` and the reports. Per-image results depend only on the
+configuration and the image id, so they equal a one-process run's.
+
+  # on each of 4 machines (or as a 4-task cluster array), I = 0..3:
+  python -m simsam_jax.evaluate --config=configs/busi_paper.py --workdir=/shared/busi \
+      --config.num_shards=4 --config.shard_index=I
+  # on every host of a Cloud TPU pod slice (one shard per JAX process):
+  python -m simsam_jax.evaluate --config=configs/busi_paper.py --workdir=/shared/busi \
+      --config.distributed=auto --config.num_shards=0
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import glob
 import json
 import math
 import os
@@ -157,16 +173,23 @@ def record_config(workdir: str, config: ConfigDict) -> None:
 write_atomic = workdir_lib.write_atomic
 
 
-def read_rows(path: str) -> list[dict[str, str]]:
-  """Rows of per_image.csv; a torn last line (killed mid-write) is dropped."""
+def read_rows(path: str, repair: bool = True) -> list[dict[str, str]]:
+  """Rows of a per-image CSV; a torn last line (killed mid-write) is dropped.
+
+  Args:
+    path: the CSV.
+    repair: also remove the torn line from the file (only for a file this
+      process is about to append to; another shard's file is read as is).
+  """
   if not os.path.exists(path):
     return []
   with open(path, newline="") as f:
     lines = f.read().splitlines(keepends=True)
   if lines and not lines[-1].endswith("\n"):
     lines = lines[:-1]
-    with open(path, "w", newline="") as f:  # drop the torn line for good
-      f.writelines(lines)
+    if repair:
+      with open(path, "w", newline="") as f:  # drop the torn line for good
+        f.writelines(lines)
   rows = list(csv.DictReader(lines))
   return [r for r in rows if r.get("method") and r.get("id")]
 
@@ -175,6 +198,7 @@ class RowWriter:
   """Appends rows to per_image.csv, flushed and fsynced image by image."""
 
   def __init__(self, path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     self.file = open(path, "a", newline="")
     self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
@@ -196,6 +220,94 @@ class RowWriter:
 
 def _fmt(x: float) -> str:
   return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
+
+
+def initialize_distributed(spec: str) -> None:
+  """`jax.distributed.initialize` from `config.distributed` (once per process).
+
+  Args:
+    spec: "" (nothing), "auto" (cluster auto-detection) or
+      "HOST:PORT,NUM_PROCESSES,PROCESS_ID".
+  """
+  spec = str(spec or "").strip()
+  if not spec:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  if jax_distributed.global_state.client is not None:
+    return  # already initialised by the caller
+  kwargs = {}
+  if spec != "auto":
+    parts = spec.split(",")
+    try:
+      address, num, index = parts
+      kwargs = dict(coordinator_address=address, num_processes=int(num),
+                    process_id=int(index))
+    except ValueError:
+      raise EvaluationError(
+          f"--config.distributed={spec!r}: expected '', 'auto' or "
+          "'HOST:PORT,NUM_PROCESSES,PROCESS_ID'") from None
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:
+    raise EvaluationError(f"--config.distributed={spec!r}: {e}") from None
+
+
+def resolve_shard(config: ConfigDict) -> tuple[int, int]:
+  """(shard_index, num_shards) of this process; num_shards 0 = JAX processes."""
+  num, index = int(config.num_shards), int(config.shard_index)
+  if num == 0:
+    num, index = jax.process_count(), jax.process_index()
+  if num < 1 or not 0 <= index < num:
+    raise EvaluationError(f"--config.shard_index={index} must be in [0, "
+                          f"--config.num_shards={num})")
+  return index, num
+
+
+def shard_files(workdir: str, index: int, num: int) -> tuple[str, Optional[str]]:
+  """(rows CSV, skipped-examples JSON or None) written by shard `index`."""
+  if num == 1:
+    return os.path.join(workdir, "per_image.csv"), None
+  base = os.path.join(workdir, "shards", f"{index:05d}-of-{num:05d}")
+  return base + ".csv", base + ".skipped.json"
+
+
+def merged_rows(workdir: str) -> list[dict[str, str]]:
+  """Rows of per_image.csv and of every shard file, one per (id, method)."""
+  paths = [os.path.join(workdir, "per_image.csv")]
+  paths += sorted(glob.glob(os.path.join(workdir, "shards", "*.csv")))
+  rows, seen = [], set()
+  for path in paths:
+    for row in read_rows(path, repair=False):
+      key = (row["id"], row["method"])
+      if key not in seen:
+        seen.add(key)
+        rows.append(row)
+  return rows
+
+
+def merged_skipped(workdir: str) -> list[dict[str, Any]]:
+  """Examples skipped while evaluating (`on_bad_example="skip"`) by any shard."""
+  out, seen = [], set()
+  for path in sorted(glob.glob(os.path.join(workdir, "shards", "*.skipped.json"))):
+    with open(path) as f:
+      for record in json.load(f):
+        if record["id"] not in seen:
+          seen.add(record["id"])
+          out.append(record)
+  return out
+
+
+def write_rows(path: str, rows: list[dict[str, str]], methods) -> None:
+  """Writes rows (sorted by id, then method order) atomically as a CSV."""
+  import io  # pylint: disable=import-outside-toplevel
+  order = {m: i for i, m in enumerate(methods)}
+  rows = sorted(rows, key=lambda r: (r["id"], order.get(r["method"], len(order)),
+                                     r["method"]))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
+  write_atomic(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------
@@ -311,6 +423,8 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     raise EvaluationError(f"--config: {e}") from None
   if not config.data_dir:
     raise EvaluationError("--config.data_dir is required (where the TFDS dataset is built)")
+  initialize_distributed(config.distributed)
+  shard_index, num_shards = resolve_shard(config)
   check_workdir(workdir, config)
   # Everything that can fail on bad input (checkpoint, dataset) comes before
   # the first write to the workdir: a refused run leaves nothing behind.
@@ -335,18 +449,21 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   runner = Runner(model, configs)
   record_config(workdir, config)
 
-  csv_path = os.path.join(workdir, "per_image.csv")
-  rows = read_rows(csv_path)
+  csv_path, skipped_path = shard_files(workdir, shard_index, num_shards)
+  read_rows(csv_path)  # repairs a torn last line before appending to the file
+  rows = merged_rows(workdir)
   done = {(r["id"], r["method"]) for r in rows}
   figure_ids = {e["id"] for e in examples[:int(config.num_figures)]}
+  mine = examples[shard_index::num_shards]
   writer = RowWriter(csv_path)
   bad = []
   try:
-    iterator = examples
+    iterator = mine
     bar = None
     if progress:
       from tqdm import tqdm
-      bar = iterator = tqdm(examples, desc=f"{config.dataset}/{config.split}", unit="img")
+      shard = f" shard {shard_index}/{num_shards}" if num_shards > 1 else ""
+      bar = iterator = tqdm(mine, desc=f"{config.dataset}/{config.split}{shard}", unit="img")
     for example in iterator:
       todo = [m for m in methods if (example["id"], m) not in done]
       fig_path = os.path.join(workdir, "figures", f"{example['id']}.png")
@@ -397,6 +514,23 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
         bar.set_postfix(means)
   finally:
     writer.close()
+    if skipped_path is not None:
+      write_atomic(skipped_path, json.dumps(bad, indent=1))
+
+  if num_shards > 1 or os.path.isdir(os.path.join(workdir, "shards")):
+    rows = merged_rows(workdir)
+    bad = bad + [b for b in merged_skipped(workdir) if b["id"] not in {x["id"] for x in bad}]
+    done = {(r["id"], r["method"]) for r in rows}
+    bad_ids = {b["id"] for b in bad}
+    missing = [e["id"] for e in examples if e["id"] not in bad_ids
+               and any((e["id"], m) not in done for m in methods)]
+    if missing:
+      logging.info("shard %d of %d done; %d images of other shards missing",
+                   shard_index, num_shards, len(missing))
+      return {"complete": False, "shard": [shard_index, num_shards],
+              "missing_images": len(missing), "num_images": len(examples) - len(missing),
+              "methods": methods}
+    write_rows(os.path.join(workdir, "per_image.csv"), rows, methods)
 
   ids = sorted({r["id"] for r in rows if r["method"] in methods}
                & {e["id"] for e in examples})
@@ -407,6 +541,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
                 if "sam" in methods and len(methods) > 1 else None)
   comparisons = comparison["comparisons"] if comparison else {}
   results = {
+      "complete": True,
       "dataset": config.dataset, "builder_config": config.builder_config,
       "split": config.split, "protocol": dataclasses.asdict(protocol),
       "num_images": len(ids), "methods": methods,
@@ -449,6 +584,14 @@ def _json_default(x):
   return str(x)
 
 
+def incomplete_message(results: dict[str, Any], workdir: str) -> str:
+  """What a shard that finished before the others prints."""
+  index, num = results["shard"]
+  return (f"Shard {index} of {num} done; {results['missing_images']} images of other "
+          f"shards are not done yet. The last shard to finish writes per_image.csv, "
+          f"results.json and table.md in {workdir}.")
+
+
 def define_flags() -> None:
   """Defines --config and --workdir (only when run as a program, so that other
   launchers, such as `simsam_jax.demo`, can import this module)."""
@@ -464,10 +607,13 @@ def main(argv):
     print("simsam_jax.evaluate: error: --config and --workdir are required", file=sys.stderr)
     return 1
   try:
-    evaluate(config, workdir)
+    results = evaluate(config, workdir)
   except (EvaluationError, DatasetError) as e:
     print(f"simsam_jax.evaluate: error: {e}", file=sys.stderr)
     return 1
+  if not results["complete"]:
+    print(incomplete_message(results, workdir))
+    return 0
   with open(os.path.join(workdir, "table.md")) as f:
     print(f.read())
   logging.info("wrote %s", workdir)

@@ -600,12 +600,49 @@ def run_evaluate(ws: Workspace, command: str) -> Result:
     assert (ws.cwd / checkpoint / "simsam_jax.json").is_file()
   else:
     assert (ws.cwd / checkpoint).is_dir(), f"unexpected checkpoint {checkpoint}"
+  if "config.num_shards" in flags:
+    return ws.once(("shards", flags["workdir"]),
+                   lambda: run_evaluate_shards(ws, str(flags["workdir"]), home))
   result = ws.run(command, home, overrides=SMOKE_OVERRIDES["evaluate"]).check()
   workdir = _in(ws.cwd, home, str(flags["workdir"]))
+  check_evaluation(workdir, config, methods, checkpoint)
+  assert (workdir / "table.md").read_text().strip() in result.stdout  # printed at the end
+  return result
+
+
+def run_evaluate_shards(ws: Workspace, workdir: str, home: pathlib.Path) -> Result:
+  """All README shard commands of `workdir`, concurrently, sharing one HOME
+  (so one data_dir, which they build at the same time) like the machines of
+  a cluster sharing storage; then the merged outputs are checked."""
+  commands = [c for c in COMMANDS if kind_of(c) == "evaluate"
+              and parse_flags(c).get("workdir") == workdir]
+  flags = [parse_flags(c) for c in commands]
+  num = {int(f["config.num_shards"]) for f in flags}
+  assert len(num) == 1, f"shard commands of {workdir} disagree on num_shards: {num}"
+  assert sorted(int(f["config.shard_index"]) for f in flags) == list(range(num.pop())), (
+      f"the README's shard commands of {workdir} do not cover every shard once")
+  with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+    results = list(pool.map(
+        lambda c: ws.run(c, home, overrides=SMOKE_OVERRIDES["evaluate"]).check(), commands))
+  path, arg = config_spec(str(flags[0]["config"]))
+  config = load_config(ws.cwd / path, arg)
+  methods = [m for m in str(flags[0].get("config.methods", config.methods)).split(",") if m]
+  folder = _in(ws.cwd, home, workdir)
+  check_evaluation(folder, config, methods, str(flags[0]["config.checkpoint"]))
+  assert len(list((folder / "shards").glob("*.csv"))) == len(commands)
+  table = (folder / "table.md").read_text().strip()
+  assert any(table in r.stdout for r in results), "no shard printed the final table"
+  for r in results:
+    assert table in r.stdout or "done" in r.stdout, r.stdout[-2000:]
+  return results[0]
+
+
+def check_evaluation(workdir: pathlib.Path, config, methods: List[str],
+                     checkpoint: str) -> None:
+  """The outputs the README promises for an evaluation workdir."""
   table = (workdir / "table.md").read_text()
   for method in methods:
     assert f"| {method} |" in table, (method, table)
-  assert table.strip() in result.stdout  # printed at the end
   results = json.loads((workdir / "results.json").read_text())
   assert results["methods"] == methods
   assert results["dataset"] == config.dataset and results["split"] == config.split
@@ -616,7 +653,6 @@ def run_evaluate(ws: Workspace, command: str) -> Result:
   assert len(rows) == results["num_images"] * len(methods)
   figures = sorted((workdir / "figures").glob("*.png")) if "simsam" in methods else []
   assert len(figures) == (1 if "simsam" in methods else 0)
-  return result
 
 
 HANDLERS: Dict[str, Callable[[Workspace, str], Result]] = {

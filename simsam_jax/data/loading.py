@@ -9,6 +9,7 @@ as the class name, and each example gets the `split` it came from.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -45,12 +46,28 @@ def prepare_builder(name: str, data_dir: PathLike,
                     manual_dir: Optional[PathLike] = None,
                     config: Optional[str] = None,
                     on_bad_example: str = "raise") -> _builder.ManualBuilder:
-  """`get_builder`, then `download_and_prepare` from `manual_dir` if needed."""
+  """`get_builder`, then `download_and_prepare` from `manual_dir` if needed.
+
+  Several processes may call this at once on one `data_dir` (the shards of an
+  evaluation, two jobs of a user): the build is serialised by an exclusive
+  `fcntl` lock on `data_dir/.NAME.CONFIG.lock`, so one process builds and the
+  others then find the dataset built.
+  """
   builder = get_builder(name, data_dir, config, on_bad_example)
   download_config = tfds.download.DownloadConfig(
       manual_dir=None if manual_dir is None else os.fspath(manual_dir))
-  builder.download_and_prepare(download_config=download_config,
-                               file_format="array_record")
+  config_name = builder.builder_config.name if builder.builder_config else ""
+  os.makedirs(os.fspath(data_dir), exist_ok=True)
+  lock_path = os.path.join(os.fspath(data_dir), f".{builder.name}.{config_name}.lock")
+  with open(lock_path, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      # Constructed under the lock: sees a dataset another process just built.
+      builder = get_builder(name, data_dir, config, on_bad_example)
+      builder.download_and_prepare(download_config=download_config,
+                                   file_format="array_record")
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return builder
 
 

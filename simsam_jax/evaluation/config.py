@@ -33,6 +33,15 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   c.save_masks = False
   c.num_figures = 8
   c.on_bad_example = "raise"  # or "skip": skipped files are listed in results.json
+  # Several processes (hosts, or jobs of a cluster array) sharing one workdir
+  # evaluate disjoint image shards: image i goes to shard i % num_shards.
+  # num_shards = 0: one shard per JAX process (jax.process_count(), index
+  # jax.process_index()). The last shard to finish writes the report.
+  c.num_shards = 1
+  c.shard_index = 0
+  # "" (one process), "auto" (jax.distributed.initialize() detects Cloud TPU
+  # pods, SLURM, Open MPI, Kubernetes) or "HOST:PORT,NUM_PROCESSES,PROCESS_ID".
+  c.distributed = ""
   if "runlocal" in parts:
     c.checkpoint = "random:tiny_1024"
     c.k = 4
