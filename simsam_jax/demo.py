@@ -45,6 +45,7 @@ import time
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from simsam_jax import evaluate
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation.config import get_eval_config
 
@@ -105,8 +106,6 @@ def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict:
       workdir, before anything is written. A workdir that did not exist
       before the call is removed again when the run fails this way.
   """
-  from simsam_jax import evaluate  # pylint: disable=import-outside-toplevel
-
   config = ConfigDict(config.to_dict())
   if not config.data_dir:
     config.data_dir = os.path.join(workdir, "tensorflow_datasets")
@@ -131,8 +130,6 @@ def main(argv) -> int:
     print("simsam_jax.demo: error: --workdir is required "
           "(e.g. --workdir=runs/demo)", file=sys.stderr)
     return 1
-  from simsam_jax import evaluate  # pylint: disable=import-outside-toplevel
-
   config, workdir = _CONFIG.value, _WORKDIR.value
   random_weights = str(config.checkpoint).startswith("random:")
   if random_weights:

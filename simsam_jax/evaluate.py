@@ -46,6 +46,7 @@ import csv
 import dataclasses
 import datetime
 import glob
+import io
 import json
 import math
 import os
@@ -126,8 +127,10 @@ class Runner:
     for name, cfg in self.methods.items():
       if cfg is None:
         continue
-      out = jax.device_get(self.engines[name].run_from_embedding(
-          embedding, box, info, key=key, ground_truth=example.mask))
+      # Only the mask and two scalars go to the host; the full output (K
+      # candidates) stays on the device for the figure, if one is drawn.
+      out = self.engines[name].run_from_embedding(
+          embedding, box, info, key=key, ground_truth=example.mask)
       results[name] = {"mask": np.asarray(out.mask), "confidence": float(out.confidence),
                        "chosen": int(out.chosen), "output": out}
     if "sam" in self.methods:
@@ -232,8 +235,7 @@ def initialize_distributed(spec: str) -> None:
   spec = str(spec or "").strip()
   if not spec:
     return
-  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
-  if jax_distributed.global_state.client is not None:
+  if jax.distributed.is_initialized():
     return  # already initialised by the caller
   kwargs = {}
   if spec != "auto":
@@ -271,13 +273,18 @@ def shard_files(workdir: str, index: int, num: int) -> tuple[str, Optional[str]]
   return base + ".csv", base + ".skipped.json"
 
 
-def merged_rows(workdir: str) -> list[dict[str, str]]:
-  """Rows of per_image.csv and of every shard file, one per (id, method)."""
+def merged_rows(workdir: str, own: Optional[str] = None) -> list[dict[str, str]]:
+  """Rows of per_image.csv and of every shard file, one per (id, method).
+
+  Args:
+    workdir: the evaluation folder.
+    own: the CSV this process appends to; only its torn last line is repaired.
+  """
   paths = [os.path.join(workdir, "per_image.csv")]
   paths += sorted(glob.glob(os.path.join(workdir, "shards", "*.csv")))
   rows, seen = [], set()
   for path in paths:
-    for row in read_rows(path, repair=False):
+    for row in read_rows(path, repair=path == own):
       key = (row["id"], row["method"])
       if key not in seen:
         seen.add(key)
@@ -299,7 +306,6 @@ def merged_skipped(workdir: str) -> list[dict[str, Any]]:
 
 def write_rows(path: str, rows: list[dict[str, str]], methods) -> None:
   """Writes rows (sorted by id, then method order) atomically as a CSV."""
-  import io  # pylint: disable=import-outside-toplevel
   order = {m: i for i, m in enumerate(methods)}
   rows = sorted(rows, key=lambda r: (r["id"], order.get(r["method"], len(order)),
                                      r["method"]))
@@ -431,14 +437,13 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   model, checkpoint = load_sam_model(config.checkpoint)
 
   try:
-    examples = loading.load_split(
-        config.dataset, config.split, os.path.expanduser(config.data_dir),
+    builder = loading.prepare_builder(
+        config.dataset, os.path.expanduser(config.data_dir),
         os.path.expanduser(config.manual_dir) if config.manual_dir else None,
         config.builder_config or None, on_bad_example=config.on_bad_example)
+    examples = list(loading.iter_split(builder, config.split))
   except (DatasetError, ValueError) as e:
     raise EvaluationError(str(e)) from None
-  builder = loading.get_builder(config.dataset, os.path.expanduser(config.data_dir),
-                                config.builder_config or None)
   try:
     skipped = loading.skipped_examples(builder)
   except (OSError, ValueError):
@@ -450,8 +455,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   record_config(workdir, config)
 
   csv_path, skipped_path = shard_files(workdir, shard_index, num_shards)
-  read_rows(csv_path)  # repairs a torn last line before appending to the file
-  rows = merged_rows(workdir)
+  rows = merged_rows(workdir, own=csv_path)  # own torn line repaired before appending
   done = {(r["id"], r["method"]) for r in rows}
   figure_ids = {e["id"] for e in examples[:int(config.num_figures)]}
   mine = examples[shard_index::num_shards]
@@ -497,7 +501,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       if want_fig:
         out = results["simsam"]["output"]
         union = np.asarray(pipeline.low_res_to_original(
-            jnp.asarray((np.asarray(out.candidate_logits) > 0).any(0), jnp.float32) - 0.5,
+            (out.candidate_logits > 0).any(0).astype(jnp.float32) - 0.5,
             results["_info"], out.candidate_logits.shape[-1])) > 0
         sam_mask = np.asarray(out.sam_mask)
         write_atomic(fig_path, _png_bytes(figure(prepared, sam_mask,
@@ -519,7 +523,8 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
 
   if num_shards > 1 or os.path.isdir(os.path.join(workdir, "shards")):
     rows = merged_rows(workdir)
-    bad = bad + [b for b in merged_skipped(workdir) if b["id"] not in {x["id"] for x in bad}]
+    own_bad = {b["id"] for b in bad}
+    bad = bad + [b for b in merged_skipped(workdir) if b["id"] not in own_bad]
     done = {(r["id"], r["method"]) for r in rows}
     bad_ids = {b["id"] for b in bad}
     missing = [e["id"] for e in examples if e["id"] not in bad_ids

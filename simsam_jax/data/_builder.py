@@ -118,6 +118,18 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return super().download_and_prepare(
         file_format=file_format or "array_record", **kwargs)
 
+  def _download_and_prepare(self, dl_manager, download_config=None) -> None:
+    super()._download_and_prepare(dl_manager, download_config)
+    # self.data_dir is the temporary folder that becomes the dataset folder.
+    # Every built dataset has the file (empty when nothing was skipped).
+    skipped = list(self.info.metadata.get("skipped", []))
+    path = pathlib.Path(os.fspath(self.data_dir)) / SKIPPED_FILE
+    path.write_text(json.dumps(skipped, indent=1) + "\n")
+
+  def _generate_examples(self, *args, **kwargs):  # pragma: no cover
+    raise NotImplementedError("examples come from the generators that "
+                              "`_split_generators` returns")
+
 
 class ManualBuilder(LocalBuilder, skip_registration=True):
   """Common machinery; subclasses implement `_scan` and `_assign_splits`."""
@@ -141,13 +153,6 @@ class ManualBuilder(LocalBuilder, skip_registration=True):
     self._original_state["on_bad_example"] = self._on_bad_example
 
   # -- TFDS hooks --------------------------------------------------------------
-
-  def _download_and_prepare(self, dl_manager, download_config=None) -> None:
-    super()._download_and_prepare(dl_manager, download_config)
-    # self.data_dir is the temporary folder that becomes the dataset folder.
-    skipped = list(self.info.metadata.get("skipped", []))
-    path = pathlib.Path(os.fspath(self.data_dir)) / SKIPPED_FILE
-    path.write_text(json.dumps(skipped, indent=1) + "\n")
 
   def _split_generators(self, dl_manager):
     root = self._manual_root(dl_manager)
@@ -178,9 +183,6 @@ class ManualBuilder(LocalBuilder, skip_registration=True):
           f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}", path=root)
     return {split: self._generate(split_records, bad)
             for split, split_records in checked.items() if split_records}
-
-  def _generate_examples(self, *args, **kwargs):  # pragma: no cover
-    raise NotImplementedError("examples come from `_generate`")
 
   # -- helpers -----------------------------------------------------------------
 

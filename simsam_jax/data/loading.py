@@ -32,7 +32,7 @@ PathLike = Union[str, os.PathLike]
 
 
 def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
-                on_bad_example: str = "raise") -> _builder.ManualBuilder:
+                on_bad_example: str = "raise") -> _builder.LocalBuilder:
   """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016", "phantom")."""
   cls = BUILDERS[protocols.canonical_dataset(name)]
   kwargs: Dict[str, Any] = {"data_dir": os.fspath(data_dir),
@@ -45,20 +45,19 @@ def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
 def prepare_builder(name: str, data_dir: PathLike,
                     manual_dir: Optional[PathLike] = None,
                     config: Optional[str] = None,
-                    on_bad_example: str = "raise") -> _builder.ManualBuilder:
+                    on_bad_example: str = "raise") -> _builder.LocalBuilder:
   """`get_builder`, then `download_and_prepare` from `manual_dir` if needed.
 
   Several processes may call this at once on one `data_dir` (the shards of an
   evaluation, two jobs of a user): the build is serialised by an exclusive
-  `fcntl` lock on `data_dir/.NAME.CONFIG.lock`, so one process builds and the
+  `fcntl` lock on `data_dir/.NAME.lock`, so one process builds and the
   others then find the dataset built.
   """
-  builder = get_builder(name, data_dir, config, on_bad_example)
   download_config = tfds.download.DownloadConfig(
       manual_dir=None if manual_dir is None else os.fspath(manual_dir))
-  config_name = builder.builder_config.name if builder.builder_config else ""
   os.makedirs(os.fspath(data_dir), exist_ok=True)
-  lock_path = os.path.join(os.fspath(data_dir), f".{builder.name}.{config_name}.lock")
+  lock_path = os.path.join(os.fspath(data_dir),
+                           f".{protocols.canonical_dataset(name)}.lock")
   with open(lock_path, "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
@@ -84,7 +83,7 @@ def _to_python(name: str, value: Any, feature: Any) -> Any:
   return value
 
 
-def iter_split(builder: _builder.ManualBuilder, split: str
+def iter_split(builder: _builder.LocalBuilder, split: str
                ) -> Iterator[Dict[str, Any]]:
   """Examples of one built split (or "all") as numpy/python dicts."""
   available = [s for s in SPLITS if s in builder.info.splits]
@@ -144,12 +143,12 @@ def load_split(name: str, split: str, data_dir: PathLike,
   return list(iter_split(builder, split))
 
 
-def build_metadata(builder: _builder.ManualBuilder) -> Dict[str, Any]:
+def build_metadata(builder: _builder.LocalBuilder) -> Dict[str, Any]:
   """The build record (`metadata.json`) of a built dataset, as a dict."""
   return dict(builder.info.metadata or {})
 
 
-def skipped_examples(builder_or_dir: Union[_builder.ManualBuilder, PathLike]
+def skipped_examples(builder_or_dir: Union[_builder.LocalBuilder, PathLike]
                      ) -> List[Dict[str, Any]]:
   """The files skipped by `on_bad_example="skip"` when the dataset was built.
 
@@ -161,10 +160,7 @@ def skipped_examples(builder_or_dir: Union[_builder.ManualBuilder, PathLike]
     One dict per skipped file: "id", "path", "file" (relative to the
     manual_dir) and "reason".
   """
-  if isinstance(builder_or_dir, _builder.LocalBuilder) and not isinstance(
-      builder_or_dir, _builder.ManualBuilder):
-    return []  # generated data (phantom): nothing is ever skipped
-  if isinstance(builder_or_dir, _builder.ManualBuilder):
+  if isinstance(builder_or_dir, _builder.LocalBuilder):
     folder = pathlib.Path(os.fspath(builder_or_dir.data_dir))
   else:
     folder = pathlib.Path(builder_or_dir)

@@ -158,6 +158,3 @@ class Phantom(LocalBuilder):
     for seed in seeds:
       example = make_example(seed, config.min_side, config.max_side)
       yield example["id"], example
-
-  def _generate_examples(self, *args, **kwargs):  # pragma: no cover
-    raise NotImplementedError("examples come from `_generate`")
