@@ -8,20 +8,27 @@ apart) on the current JAX backend, and, when torch and transformers are
 installed, the published PyTorch data flow on the same machine in the same
 run, with our/their ratios. Weights are random (timing does not depend on
 them); the input is the synthetic phantom at 256 x 256 (the paper's
-protocol), i.e. a 1024 x 1024 model input.
+protocol), i.e. a 1024 x 1024 model input. `--precision=bfloat16` times the
+JAX model in mixed precision; `--batch=B` adds SimSAM on B images per device
+call (per-image time).
 
 Stages (JAX): encode; SAM = encode + box-only decode + mask at the input
 size, fused; SimSAM = encode + the whole method, fused in one jit; and the
 SimSAM stages timed separately (first decode, simulate + decode,
-aggregate). PyTorch (Hugging Face SamModel, as the authors' code): encode,
-box-only decode, host-side post-processing and top-K clicks, the K prompts
-decoded with the embedding repeated K times, IoU aggregation.
+aggregate). PyTorch (Hugging Face SamModel, `torch_flows.py`): (a) `authors`,
+the published flow (float32, host-side post-processing and top-K clicks, the
+K prompts decoded with the embedding repeated K times, IoU aggregation);
+(b) `authors_bf16`, the same under bf16 autocast; (c) `strong`, SDPA, bf16
+weights, `torch.compile` on the encoder (GPU only), the K prompts as one
+point batch, everything on the device.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
+import sys
 import statistics
 import time
 
@@ -30,14 +37,22 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from simsam_jax import processing, synthetic
-from simsam_jax.modeling import build_sam, get_preset
-from simsam_jax.simsam import SimSam, SimSamConfig, pipeline
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from simsam_jax import processing, synthetic  # noqa: E402
+from simsam_jax.modeling import build_sam, get_preset  # noqa: E402
+from simsam_jax.simsam import SimSam, SimSamConfig, pipeline  # noqa: E402
 
 _PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset.")
 _KS = flags.DEFINE_list("ks", ["1", "10", "50", "100", "200"], "Values of K.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch data flow if installed.")
+_TORCH = flags.DEFINE_list(
+    "torch_flows", ["authors", "authors_bf16", "strong"],
+    "PyTorch flows of torch_flows.py to time beside JAX when torch and transformers are "
+    "installed (empty: none).")
+_PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                               "Compute precision of the JAX model.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Also time SimSAM on this many images per call.")
 _SIZE = flags.DEFINE_integer("size", 256, "Side of the (square) input image.")
 
 
@@ -58,8 +73,7 @@ def compile_ms(jitted, *args, **kwargs):
   return (time.perf_counter() - start) * 1e3
 
 
-def jax_timings(config, image, box, ks, repeats):
-  model = build_sam(config, seed=0)
+def jax_timings(model, config, image, box, ks, repeats):
   pixels, info = processing.preprocess(image, config.image_size)
   pixels = jnp.asarray(pixels)
   box_j = jnp.asarray(box, jnp.float32)
@@ -106,72 +120,34 @@ def jax_timings(config, image, box, ks, repeats):
   return rows
 
 
-def torch_timings(config, image, box, ks, repeats):
-  import torch
-  import torch.nn.functional as F
-  from transformers import SamConfig as HFConfig, SamModel
+def torch_timings(config, image, box, ks, repeats, flows):
+  """{flow: {row: ms}} for the PyTorch flows of `torch_flows` (same rows as JAX)."""
+  import torch_flows
+  pixels, info = processing.preprocess(image, config.image_size)
+  out = {}
+  for name in flows:
+    flow = torch_flows.Flow(name, config, pixels[None], np.asarray(box)[None], info)
+    rows = {"encode": median_ms(flow.encode, repeats),
+            "SAM (encode + decode + mask)": median_ms(flow.sam, repeats)}
+    for k in ks:
+      rows[f"SimSAM K={k} (fused)"] = median_ms(lambda: flow.simsam(int(k)), repeats)
+    out[name] = rows
+  return out
 
-  c = config
-  hf = SamModel(HFConfig(
-      vision_config=dict(hidden_size=c.encoder_dim, output_channels=c.prompt_embed_dim,
-                         num_hidden_layers=c.encoder_depth,
-                         num_attention_heads=c.encoder_num_heads, image_size=c.image_size,
-                         patch_size=c.patch_size, window_size=c.encoder_window_size,
-                         global_attn_indexes=list(c.encoder_global_attn_indexes),
-                         mlp_dim=c.encoder_mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
-      prompt_encoder_config=dict(hidden_size=c.prompt_embed_dim, image_size=c.image_size,
-                                 patch_size=c.patch_size, mask_input_channels=c.mask_in_chans),
-      mask_decoder_config=dict(hidden_size=c.prompt_embed_dim, mlp_dim=c.decoder_mlp_dim,
-                               num_hidden_layers=c.decoder_depth,
-                               num_attention_heads=c.decoder_num_heads,
-                               iou_head_hidden_dim=c.iou_head_hidden_dim))).eval()
-  pixels, info = processing.preprocess(image, c.image_size)
-  pv = torch.from_numpy(pixels[None]).permute(0, 3, 1, 2).contiguous()
-  h, w = info.original_size
-  scale = np.array([info.resized_size[1] / w, info.resized_size[0] / h] * 2)
-  box_m = torch.tensor(np.asarray(box) * scale, dtype=torch.float32)
 
-  def sam():
-    with torch.no_grad():
-      emb = hf.get_image_embeddings(pv)
-      out = hf(image_embeddings=emb, input_boxes=box_m[None, None], multimask_output=False)
-      return emb, out.pred_masks[0, 0, 0]
-
-  def simsam(k):
-    emb, low = sam()
-    with torch.no_grad():
-      x = F.interpolate(low[None, None], (c.image_size, c.image_size), mode="bilinear",
-                        align_corners=False)[..., :info.resized_size[0], :info.resized_size[1]]
-      probs = torch.sigmoid(F.interpolate(x, (h, w), mode="bilinear", align_corners=False))[0, 0]
-      # Host-side click selection, as the published code does.
-      p = probs.numpy()
-      err = 0.5 - np.abs(p - 0.5)
-      idx = np.argsort(-err.ravel(), kind="stable")[:k]
-      labels = 1 - (p.ravel()[idx] > 0.5).astype(np.int64)
-      pts = np.stack([idx % w, idx // w], 1) * scale[:2]
-      # The published code works at 256 x 256, where the binary first
-      # prediction is already the low-res mask prompt; other sizes are
-      # brought to the low-res grid for the timing.
-      m = low.shape[-1]
-      prompt = (probs > 0.5).float()[None, None]
-      if prompt.shape[-2:] != (m, m):
-        prompt = F.interpolate(prompt, (m, m), mode="nearest")
-      out = hf(image_embeddings=emb.repeat(1, 1, 1, 1),
-               input_points=torch.tensor(pts, dtype=torch.float32)[None, :, None],
-               input_labels=torch.tensor(labels)[None, :, None],
-               input_boxes=box_m[None, None].repeat(1, k, 1),
-               input_masks=prompt, multimask_output=False)
-      b = (out.pred_masks[0, :, 0] > 0).flatten(1).float()
-      inter = b @ b.T
-      area = b.sum(1)
-      iou = torch.nan_to_num(inter / (area[:, None] + area[None, :] - inter), nan=0.0)
-      return int(torch.argmax(iou.mean(1)))
-
-  rows = {"encode": median_ms(lambda: hf.get_image_embeddings(pv), repeats),
-          "SAM (encode + decode + mask)": median_ms(sam, repeats)}
+def batch_timings(model, config, ks, batch, repeats):
+  """Per-image ms of SAM + SimSAM on `batch` phantoms in one device call."""
+  data = [synthetic.phantom(_SIZE.value, _SIZE.value, seed=i) for i in range(batch)]
+  pre = [processing.preprocess(img, config.image_size) for img, _, _ in data]
+  pixels, info = np.stack([p for p, _ in pre]), pre[0][1]
+  boxes = np.stack([b for _, _, b in data])
+  rows = {}
   for k in ks:
-    rows[f"SimSAM K={k} (fused)"] = median_ms(lambda: simsam(int(k)), repeats)
-  return rows, torch.__version__, torch.get_num_threads()
+    engine = SimSam(model, SimSamConfig(k=int(k)))
+    rows[f"SimSAM K={k}, batch {batch} (per image)"] = median_ms(
+        lambda: engine.run_batch(pixels, boxes, info).mask.block_until_ready(),
+        repeats) / batch
+  return rows
 
 
 def main(argv):
@@ -181,29 +157,38 @@ def main(argv):
   ks = [int(k) for k in _KS.value]
   dev = jax.devices()[0]
   print(f"# simsam_jax latency: preset {_PRESET.value}, input {_SIZE.value}x{_SIZE.value} -> "
-        f"{config.image_size}, median of {_REPEATS.value}")
+        f"{config.image_size}, precision {_PRECISION.value}, median of {_REPEATS.value}")
   print(f"# jax {jax.__version__} on {dev.platform} ({dev.device_kind}), "
         f"{len(jax.devices())} device(s); host {platform.processor() or platform.machine()}")
-  ours = jax_timings(config, image, box, ks, _REPEATS.value)
+  model = build_sam(config, seed=0, dtype=_PRECISION.value)
+  ours = jax_timings(model, config, image, box, ks, _REPEATS.value)
+  if _BATCH.value > 1:
+    ours.update(batch_timings(model, config, ks, _BATCH.value, _REPEATS.value))
   theirs = {}
   have_torch = (importlib.util.find_spec("torch") is not None
                 and importlib.util.find_spec("transformers") is not None)
-  if _TORCH.value and have_torch:
-    theirs, tv, threads = torch_timings(config, image, box, ks, _REPEATS.value)
-    print(f"# PyTorch {tv} (transformers SamModel), {threads} threads, CPU")
-  print("\n| stage | JAX ms | PyTorch ms | JAX / PyTorch |")
-  print("|---|---:|---:|---:|")
+  flows = [f for f in _TORCH.value if f] if have_torch else []
+  if flows:
+    import torch
+    theirs = torch_timings(config, image, box, ks, _REPEATS.value, flows)
+    print(f"# PyTorch {torch.__version__} (transformers SamModel) on "
+          f"{'cuda: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
+          f"{torch.get_num_threads()} threads; flows: {', '.join(flows)}")
+  print("\n| stage | JAX ms |" + "".join(f" {f} ms | JAX / {f} |" for f in flows))
+  print("|---|---:|" + "---:|---:|" * len(flows))
   for name, ms in ours.items():
-    t = theirs.get(name)
-    ratio = f"{ms / t:.2f}" if t else ""
-    print(f"| {name} | {ms:.1f} | {'' if t is None else f'{t:.1f}'} | {ratio} |")
+    cells = ""
+    for f in flows:
+      t = theirs[f].get(name)
+      cells += f" {'' if t is None else f'{t:.1f}'} | {'' if t is None else f'{ms / t:.2f}'} |"
+    print(f"| {name} | {ms:.1f} |{cells}")
   sam = ours["SAM (encode + decode + mask)"]
   print()
   for k in ks:
     line = f"SimSAM K={k} / SAM (JAX): {ours[f'SimSAM K={k} (fused)'] / sam:.2f}"
-    if theirs:
-      line += (f"; PyTorch SimSAM K={k} / SAM: "
-               f"{theirs[f'SimSAM K={k} (fused)'] / theirs['SAM (encode + decode + mask)']:.2f}")
+    for f in flows:
+      line += (f"; {f} SimSAM K={k} / SAM: "
+               f"{theirs[f][f'SimSAM K={k} (fused)'] / theirs[f]['SAM (encode + decode + mask)']:.2f}")
     print(line)
 
 
