@@ -10,8 +10,9 @@ over the rows. Two segmentation terms are offered (`SEG_LOSSES`, chosen by
 
   "dice_per_row" (published; `dice_loss_per_row`): per sample,
       mean over rows h of 1 - (2 Σ_w p g + eps) / (Σ_w p² + Σ_w g² + eps).
-      A row without foreground scores ~1 unless every logit of the row is
-      strongly negative, so background rows push their logits down.
+      A row without foreground costs ~1, with almost no gradient, until
+      Σ_w p² nears eps (for a 256-pixel row: every logit below about -8;
+      half cost at -8.5); there it pushes the row's logits further down.
   "dice_per_image" (cleaned; `dice_loss`): one soft Dice over all M x M
       pixels of the sample, 1 - (2 Σ p g + eps) / (Σ p² + Σ g² + eps).
 
