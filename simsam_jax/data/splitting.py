@@ -1,10 +1,11 @@
 """Deterministic train/validation/test splits, and the committed id lists.
 
-The paper splits BUSI and CVC-ClinicDB at random 80/10/10 with seed 42, test
-taken first, then validation from the rest; its split depends on the order in
-which the files were listed, so it cannot be reproduced byte for byte. We
-define the split once, on the KNOWN composition of each dataset, and commit
-the id lists (`simsam_jax/data/splits/*.json`, re-created exactly by
+The published code (`src/corpora.py`) splits BUSI and CVC-ClinicDB at random
+with Hugging Face `datasets.train_test_split`: 10 % test first, then 10 % of
+the rest for validation (81/9/10, global seed 42); its split depends on the
+order in which the files were listed, so it cannot be reproduced byte for
+byte. We define an 80/10/10 split once, on the KNOWN composition of each
+dataset, and commit the id lists (`simsam_jax/data/splits/*.json`, re-created exactly by
 `python -m simsam_jax.data.make_splits`):
 
 1. The ids are put in their canonical order (`canonical_order` of each list:

@@ -444,6 +444,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       raise TrainingError(f"{config.dataset}/{split}: {e}") from None
   if not splits["train"].ids:
     raise TrainingError(f"{config.dataset}/{config.train_split} is empty")
+  moved = moved_to_train(config)
 
   graphdef, decoder_state, frozen_state = split_model(model)
   from simsam_jax.modeling.sam import make_sam_functions
@@ -461,7 +462,6 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
                                                  functions.encode, full_state, image_size)
   del functions, full_state
 
-  moved = moved_to_train(config)
   if moved:
     splits["val"], splits["train"] = train_data.move_examples(splits["val"], splits["train"],
                                                               moved)
