@@ -34,6 +34,9 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "transformers",
     "segment-anything",
+    # The published SAM-FT loss is MONAI's DiceLoss; tests/test_losses.py
+    # compares against it.
+    "monai",
     # The notebooks are executed top to bottom by the tests (papermill injects
     # their smoke parameters; ipykernel provides the "python3" kernel).
     "papermill",

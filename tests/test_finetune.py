@@ -5,8 +5,10 @@ is shared by most tests; the kill-and-resume and 4-device checks run
 `python -m simsam_jax.finetune` / a script in subprocesses.
 """
 
+import csv
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import signal
@@ -18,21 +20,31 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+import torch
 from flax import nnx
+from ml_collections import ConfigDict
 
 import data_fixtures
+import torch_reference as tr
 from simsam_jax import evaluate as ev
+from simsam_jax.checkpoint import key_tables
 from simsam_jax.checkpoint import load_model, read_sidecar, save_checkpoint
+from simsam_jax.data import splitting
 from simsam_jax.modeling import build_sam, get_preset
 from simsam_jax.training import data as train_data
 from simsam_jax.training import losses, trainer
 from simsam_jax.training.trainer import TrainingError, finetune
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# paper437 splits: train = 5 cases (3 steps of 2, the last padded), validation = benign_211.
+# paper437 splits: train = 5 cases, validation = benign_211 and benign_356;
+# test = malignant_1. The default split scheme (paper_81_9_10) moves
+# benign_356 into train (6 cases, 3 steps of 2); with 80_10_10 the train split
+# is 5 cases (3 steps of 2, the last padded).
 CASES = {("malignant", 1): 0, ("malignant", 2): 1, ("malignant", 7): 0,
-         ("benign", 211): 0, ("benign", 300): 1, ("benign", 212): 0}
+         ("benign", 211): 0, ("benign", 300): 1, ("benign", 212): 0, ("benign", 356): 1}
+MOVED = "benign_356"
 EPOCHS = 3
 LEARNING_RATE = 1e-3  # large enough for a visible loss drop in 3 epochs
 
@@ -155,6 +167,196 @@ def test_total_loss_weights_and_gradient():
 
 
 # ----------------------------------------------------------------------------
+# Optimiser: the Hugging Face Trainer's rules and torch's AdamW as references.
+# ----------------------------------------------------------------------------
+
+
+def _dotted(keypath):
+  return ".".join(str(trainer._key(k)) for k in keypath)
+
+
+def _hf_decoder_to_ours(config):
+  """HF SamModel, and its mask-decoder parameter names -> our dotted paths."""
+  hf = tr.hf_sam(config)
+  fields = {"hyper_last": 2, "iou_last": config.iou_head_depth - 1}
+  names = {}
+  for name, _ in hf.named_parameters():
+    if name.startswith("mask_decoder."):
+      template, _, match = key_tables.find_rule(key_tables.HUGGING_FACE, name)
+      names[name] = key_tables.render_target(template, match, fields)
+  return hf, names
+
+
+def _decay_names_transformers_4_30(model):
+  """transformers 4.30.2 `Trainer.create_optimizer`, transcribed.
+
+  `get_parameter_names(model, ALL_LAYERNORM_LAYERS)` (parameters outside
+  `nn.LayerNorm` modules) minus names containing "bias". In 4.30.2
+  `SamLayerNorm` derived from `nn.Module`, not `nn.LayerNorm` (today it does).
+  """
+  from transformers.models.sam.modeling_sam import SamLayerNorm
+
+  def names(module):
+    out = []
+    for child_name, child in module.named_children():
+      if isinstance(child, torch.nn.LayerNorm) and not isinstance(child, SamLayerNorm):
+        continue
+      out += [f"{child_name}.{n}" for n in names(child)]
+    return out + list(module._parameters)
+
+  return {n for n in names(model) if "bias" not in n}
+
+
+def test_weight_decay_mask_follows_the_hf_trainer():
+  config = get_preset("tiny")
+  model = build_sam(config, 0)
+  hf, to_ours = _hf_decoder_to_ours(config)
+  ours = {rule: {_dotted(p): bool(v) for p, v in jax.tree_util.tree_flatten_with_path(
+      trainer.weight_decay_mask(model, rule))[0]} for rule in trainer.WEIGHT_DECAY_MASKS}
+  assert set(ours["all"]) == set(to_ours.values())  # every decoder parameter, once
+  references = {
+      "transformers_4_30": _decay_names_transformers_4_30(hf),
+      # The installed transformers' own rule (self is unused).
+      "bias_and_norm": set(__import__("transformers").Trainer.get_decay_parameter_names(
+          None, hf)),
+  }
+  for rule, decay_names in references.items():
+    expected = {ours_path: hf_name in decay_names for hf_name, ours_path in to_ours.items()}
+    assert ours[rule] == expected, rule
+  assert all(ours["all"].values())
+  # Not decayed: every bias and LayerNorm scale; the upscaling LayerNorm2d's
+  # scale only under the 4.30.2 rule.
+  no_decay = {k for k, v in ours["transformers_4_30"].items() if not v}
+  assert {k for k in no_decay if not k.endswith(".bias")} == {
+      f"mask_decoder.transformer.layers.{i}.norm{j}.scale"
+      for i in range(config.decoder_depth) for j in (1, 2, 3, 4)} | {
+      "mask_decoder.transformer.norm_final_attn.scale"}
+  assert all(v is False for k, v in ours["transformers_4_30"].items() if k.endswith(".bias"))
+  assert ours["bias_and_norm"]["mask_decoder.upscale_norm.scale"] is False
+  assert ours["transformers_4_30"]["mask_decoder.upscale_norm.scale"] is True
+  with pytest.raises(ValueError, match="unknown weight decay mask"):
+    trainer.weight_decay_mask(model, "hf")
+
+
+def _torch_reference_steps(params, decay, grads, lr, weight_decay, total_steps, max_norm):
+  """torch AdamW + clip_grad_norm_ + LambdaLR linear decay (the HF Trainer loop)."""
+  flat = {_dotted(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  tensors = {k: torch.tensor(v, requires_grad=True) for k, v in flat.items()}
+  groups = [{"params": [t for k, t in tensors.items() if decay[k]],
+             "weight_decay": weight_decay},
+            {"params": [t for k, t in tensors.items() if not decay[k]], "weight_decay": 0.0}]
+  opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+  schedule = torch.optim.lr_scheduler.LambdaLR(
+      opt, lambda step: max(0.0, (total_steps - step) / total_steps))
+  for grad in grads:
+    for p, g in jax.tree_util.tree_flatten_with_path(grad)[0]:
+      tensors[_dotted(p)].grad = torch.tensor(np.asarray(g))
+    torch.nn.utils.clip_grad_norm_(list(tensors.values()), max_norm)
+    opt.step()
+    schedule.step()
+  return {k: t.detach().numpy() for k, t in tensors.items()}
+
+
+def _some_decoder_leaves(tree):
+  """A decayed and a not-decayed LayerNorm, a convolution and a token (fast)."""
+  md = tree["mask_decoder"]
+  return {"mask_decoder": {
+      "transformer": {"norm_final_attn": md["transformer"]["norm_final_attn"]},
+      "upscale_norm": md["upscale_norm"], "upscale_conv1": md["upscale_conv1"],
+      "iou_token": md["iou_token"]}}
+
+
+def test_optimizer_matches_torch_adamw_and_clips():
+  model = build_sam(get_preset("tiny"), 0)
+  params = _some_decoder_leaves(
+      jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.split_model(model)[1])))
+  mask = _some_decoder_leaves(trainer.weight_decay_mask(model, "transformers_4_30"))
+  rng = np.random.default_rng(3)
+  # A huge step (clipped), a small one (norm < 1, untouched), a large one.
+  grads = [jax.tree.map(lambda p, s=s: rng.normal(0.0, s, p.shape).astype(np.float32), params)
+           for s in (100.0, 1e-3, 3.0)]
+  norms = [float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in jax.tree.leaves(grad))))
+           for grad in grads]
+  assert norms[0] > 100 and norms[1] < 1 and norms[2] > 1
+  config = ConfigDict(dict(learning_rate=1e-3, weight_decay=0.5, max_grad_norm=1.0))
+  total = 4
+
+  def run_optax(cfg, decay_mask):
+    """Parameters after the steps, and the optimiser state after the first."""
+    tx = trainer.make_optimizer(cfg, total, decay_mask)
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s, p)))
+    p, state = params, tx.init(params)
+    states = []
+    for g in grads:
+      p, state = step(p, state, g)
+      states.append(state)
+    return {_dotted(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(p)[0]}, states[0]
+
+  ours, first_state = run_optax(config, mask)
+  # The first step's Adam moment is the gradient clipped to norm 1.0:
+  # mu = (1 - b1) * g * 1.0 / |g|.
+  mu = first_state[1][0].mu
+  expected_mu = jax.tree.map(lambda g: 0.1 * g / norms[0], grads[0])
+  for a, b in zip(jax.tree.leaves(mu), jax.tree.leaves(expected_mu)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12)
+  decay = {_dotted(p): bool(v) for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  reference = _torch_reference_steps(params, decay, grads, 1e-3, 0.5, total, 1.0)
+  for k in reference:
+    np.testing.assert_allclose(ours[k], reference[k], rtol=0, atol=2e-6, err_msg=k)
+  # Decisive: without clipping, or decaying everything, the result is far off.
+  unclipped, _ = run_optax(ConfigDict(dict(config, max_grad_norm=0.0)), mask)
+  assert max(np.abs(unclipped[k] - reference[k]).max() for k in reference) > 1e-4
+  decay_all, _ = run_optax(config, None)
+  key = "mask_decoder.transformer.norm_final_attn.scale"
+  assert np.abs(decay_all[key] - reference[key]).max() > 1e-4
+
+
+# ----------------------------------------------------------------------------
+# Split schemes.
+# ----------------------------------------------------------------------------
+
+
+def test_paper_split_scheme_sizes_and_test_sets():
+  for name in ("busi_paper437", "busi_full", "busi_normal", "cvc_clinicdb"):
+    data = splitting.load_split_file(name)
+    lists, n = data["splits"], data["num_ids"]
+    moved = splitting.moved_to_train("paper_81_9_10", name)
+    # Hugging Face datasets `train_test_split(test_size=0.1)` twice, as
+    # src/corpora.py does: n_test = ceil(0.1 * n) of the set it splits.
+    n_test = math.ceil(0.1 * n)
+    n_val = math.ceil(0.1 * (n - n_test))
+    assert len(lists["test"]) == n_test, name
+    assert len(lists["validation"]) - len(moved) == n_val, name
+    assert len(lists["train"]) + len(moved) == n - n_test - n_val, name
+    assert set(moved) <= set(lists["validation"]) and len(set(moved)) == len(moved)
+    regenerated = splitting.split_80_10_10(data["canonical_order"], data["seed"],
+                                           scheme="paper_81_9_10")
+    assert regenerated["test"] == lists["test"]
+    assert set(regenerated["validation"]) == set(lists["validation"]) - set(moved)
+  assert splitting.moved_to_train("paper_81_9_10", "busi_paper437") == [
+      "malignant_104", "malignant_168", "benign_356", "benign_414"]
+  assert splitting.moved_to_train("paper_81_9_10", "isic2016") == []
+  assert splitting.moved_to_train("80_10_10", "busi_paper437") == []
+  with pytest.raises(ValueError, match="unknown split scheme '81_9_10'"):
+    splitting.moved_to_train("81_9_10", "busi_paper437")
+
+
+def test_split_schemes_in_training(run, dataset, tmp_path):
+  _, _, history = run  # default: paper_81_9_10
+  committed = splitting.load_split_lists("busi_paper437")
+  present = {f"{c}_{n}" for c, n in CASES}
+  train_80 = sorted(i for i in committed["train"] if i in present)
+  assert history["split_ids"] == {"train": sorted(train_80 + [MOVED]), "val": ["benign_211"]}
+  other = finetune(_config(dataset, split_scheme="80_10_10", epochs=1), str(tmp_path / "w"),
+                   progress=False)
+  assert other["split_ids"] == {"train": train_80, "val": ["benign_211", MOVED]}
+  assert other["total_steps"] == 3  # 5 cases, batch 2: the last batch padded
+  assert other["cache_hits"] == {"train": True, "val": True}  # one cache for both schemes
+
+
+# ----------------------------------------------------------------------------
 # Training.
 # ----------------------------------------------------------------------------
 
@@ -190,8 +392,9 @@ def test_only_the_decoder_changes(run, dataset):
                                    trainer.protocols.get_protocol("paper"), "busi", 160)
   assert train_data.load_or_encode(split, dataset["cache_dir"], _cache_fields("train"),
                                    None, None, 160)  # a cache hit: no encoder needed
-  tx = trainer.make_optimizer(config, 9)
-  _, _, loss_fn = trainer.make_steps(graphdef, decoder, frozen, tx, 0.5, trainer.make_mesh())
+  tx = trainer.make_optimizer(config, 9, trainer.weight_decay_mask(model, "transformers_4_30"))
+  _, _, loss_fn = trainer.make_steps(graphdef, decoder, frozen, tx, 0.5, trainer.make_mesh(),
+                                     config.loss)
   grads = jax.grad(loss_fn)(nnx.to_pure_dict(decoder), nnx.to_pure_dict(frozen),
                             split.embeddings, split.boxes, split.targets,
                             np.ones(len(split.ids), np.float32))
@@ -241,10 +444,14 @@ def test_export_loads_and_evaluates(run, dataset, tmp_path):
   eval_config.methods, eval_config.k, eval_config.split = "sam,simsam", 3, "validation"
   eval_config.num_figures = 0
   results = ev.evaluate(eval_config, str(tmp_path / "eval"), progress=False)
-  assert results["num_images"] == 1
+  assert results["num_images"] == 2  # the built validation split (80_10_10)
   assert results["checkpoint"]["source"]["format"] == "sam_ft"
-  # The evaluation's SAM equals the last validation DSC of training.
-  assert results["summaries"]["sam"]["dsc"]["mean"] == pytest.approx(
+  # The evaluation's SAM on benign_211 (training's only validation image under
+  # paper_81_9_10) equals the last validation DSC of training.
+  with open(tmp_path / "eval" / "per_image.csv") as f:
+    rows = {(r["id"], r["method"]): r for r in csv.DictReader(f)}
+  assert history["split_ids"]["val"] == ["benign_211"]
+  assert float(rows[("benign_211", "sam")]["dsc"]) == pytest.approx(
       history["validation"][-1]["dsc"], abs=1e-5)
 
 
@@ -264,6 +471,14 @@ def test_bad_inputs(run, dataset, tmp_path):
   with pytest.raises(TrainingError, match="different config"):
     finetune(_config(dataset, learning_rate=2e-3), workdir, progress=False)
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+  for field, value in (("loss", "dice"), ("split_scheme", "81_9_10"),
+                       ("weight_decay_mask", "hf"), ("max_grad_norm", -1.0)):
+    with pytest.raises(TrainingError, match=f"--config.{field}"):
+      finetune(_config(dataset, **{field: value}), str(tmp_path / field), progress=False)
+    assert not os.path.exists(tmp_path / field)
+  with pytest.raises(TrainingError, match="split_scheme='paper_81_9_10'.*val_split"):
+    finetune(_config(dataset, val_split="test"), str(tmp_path / "v"), progress=False)
+  assert not os.path.exists(tmp_path / "v")
   # A checkpoint folder that now holds another architecture than the run's.
   other = str(tmp_path / "ckpt")
   save_checkpoint(other, nnx.split(build_sam(get_preset("tiny_wide"), 0))[1],
@@ -292,6 +507,18 @@ def _cli(dataset, workdir, *extra):
           f"--config.manual_dir={dataset['manual_dir']}", f"--config.epochs={EPOCHS}",
           f"--config.learning_rate={LEARNING_RATE}", f"--config.cache_dir={dataset['cache_dir']}",
           *extra]
+
+
+@pytest.mark.parametrize("flag,field", [("--config.loss=dice", "--config.loss"),
+                                        ("--config.split_scheme=81_9_10",
+                                         "--config.split_scheme")])
+def test_cli_refuses_unknown_option_names(dataset, tmp_path, flag, field):
+  workdir = tmp_path / "w"
+  done = subprocess.run(_cli(dataset, workdir, flag), cwd=REPO, env=_env(),
+                        capture_output=True, text=True)
+  assert done.returncode != 0
+  assert field in done.stderr and "use one of" in done.stderr, done.stderr[-2000:]
+  assert not workdir.exists()
 
 
 def _saved_steps(workdir):

@@ -18,6 +18,10 @@ frames 1-612) with `splitting.split_80_10_10` (seed 42):
 * `cvc_clinicdb.json`: cvc_1..cvc_612.
 * `isic2016.json`: the rule only (official test set; validation drawn from
   the official training ids present at build time).
+
+Each file also holds `schemes.paper_81_9_10`: the validation ids that the
+published 81/9/10 proportions put into train (`splitting.moved_to_train`;
+test unchanged). For ISIC-2016 that list is empty.
 """
 
 from __future__ import annotations
@@ -41,10 +45,20 @@ _METHOD = (
     "train_test_split(test_size=1/9, random_state=42)); lists sorted in "
     "canonical order")
 
+_PAPER_SCHEME = (
+    "the published proportions (src/corpora.py: test 10%, then validation "
+    "10% of the rest, 81/9/10): same test set and same second permutation, "
+    "validation = first ceil(n_rest/10) instead of ceil(n_rest/9); these "
+    "validation ids of `splits` go to train")
+
 
 def _split_entry(dataset: str, config: str, description: str,
                  canonical: Sequence[str], seed: int) -> dict:
   splits = splitting.split_80_10_10(canonical, seed=seed)
+  paper = splitting.split_80_10_10(canonical, seed=seed, scheme="paper_81_9_10")
+  assert paper["test"] == splits["test"]
+  assert set(paper["validation"]) <= set(splits["validation"])
+  moved = [i for i in splits["validation"] if i not in set(paper["validation"])]
   return {
       "dataset": dataset,
       "config": config,
@@ -56,6 +70,11 @@ def _split_entry(dataset: str, config: str, description: str,
       "num_ids": len(canonical),
       "sizes": {name: len(ids) for name, ids in splits.items()},
       "splits": splits,
+      "schemes": {"paper_81_9_10": {
+          "description": _PAPER_SCHEME,
+          "sizes": {name: len(ids) for name, ids in paper.items()},
+          "moved_validation_to_train": moved,
+      }},
   }
 
 
@@ -92,6 +111,12 @@ def make_splits(seed: int = splitting.DEFAULT_SEED) -> Dict[str, dict]:
               "numpy.random.RandomState(seed).permutation(n); not listed "
               "here because the official ids are not known offline"),
           "train": "the other official Training ids",
+          "schemes": {"paper_81_9_10": {
+              "description": (
+                  "the validation rule above is already the published one "
+                  "(10% of the official training set): nothing moves"),
+              "moved_validation_to_train": [],
+          }},
       },
   }
 

@@ -1,10 +1,11 @@
 """Deterministic train/validation/test splits, and the committed id lists.
 
-The paper splits BUSI and CVC-ClinicDB at random 80/10/10 with seed 42, test
-taken first, then validation from the rest; its split depends on the order in
-which the files were listed, so it cannot be reproduced byte for byte. We
-define the split once, on the KNOWN composition of each dataset, and commit
-the id lists (`simsam_jax/data/splits/*.json`, re-created exactly by
+The published code (`src/corpora.py`) splits BUSI and CVC-ClinicDB at random
+with Hugging Face `datasets.train_test_split`: 10 % test first, then 10 % of
+the rest for validation (81/9/10, global seed 42); its split depends on the
+order in which the files were listed, so it cannot be reproduced byte for
+byte. We define an 80/10/10 split once, on the KNOWN composition of each
+dataset, and commit the id lists (`simsam_jax/data/splits/*.json`, re-created exactly by
 `python -m simsam_jax.data.make_splits`):
 
 1. The ids are put in their canonical order (`canonical_order` of each list:
@@ -26,6 +27,18 @@ ISIC-2016 has an official test set; its validation set is 10 % of the
 official training set, chosen the same way (`validation_subset`) at build time
 from the sorted training ids present (the official training ids are not known
 offline, so no list is committed; `splits/isic2016.json` holds the rule).
+
+Split schemes (`SPLIT_SCHEMES`; SAM-FT's `config.split_scheme`). The lists
+above are the "80_10_10" scheme. The published code
+(`src/corpora.py`, `PreprocessingStrategy.train_valid_test_split`) takes 10 %
+for test and then 10 % OF THE REST for validation, i.e. 81/9/10. The
+"paper_81_9_10" scheme keeps the same test set and the same second
+permutation, and takes validation = its first `ceil(n_rest / 10)` entries;
+that is a prefix of the "80_10_10" validation, so the scheme is "the
+committed lists, with a few validation ids moved into train". Each split
+file lists those ids under `schemes.paper_81_9_10.moved_validation_to_train`
+(`moved_to_train`). ISIC-2016 needs none: its validation is already 10 % of
+the official training set, as in the published code.
 """
 
 from __future__ import annotations
@@ -39,25 +52,34 @@ import numpy as np
 SPLITS_DIR = pathlib.Path(__file__).resolve().parent / "splits"
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_SEED = 42
+# Split scheme -> the validation denominator of the second draw (see above).
+SPLIT_SCHEMES = {"80_10_10": 9, "paper_81_9_10": 10}
+DEFAULT_SPLIT_SCHEME = "80_10_10"
 
 
 def _ceil_div(a: int, b: int) -> int:
   return -(-a // b)
 
 
-def split_80_10_10(ids: Sequence[str], seed: int = DEFAULT_SEED
-                   ) -> Dict[str, List[str]]:
-  """Random 80/10/10 split, test first, then validation from the rest.
+def split_80_10_10(ids: Sequence[str], seed: int = DEFAULT_SEED,
+                   scheme: str = DEFAULT_SPLIT_SCHEME) -> Dict[str, List[str]]:
+  """Random split, test first, then validation from the rest.
 
   Args:
     ids: distinct example ids in their canonical order (the result depends on
       this order).
     seed: seed of the `np.random.RandomState` used for both draws.
+    scheme: "80_10_10" (validation = ceil(n_rest / 9), 10 % of the whole) or
+      "paper_81_9_10" (validation = ceil(n_rest / 10), 10 % of the rest, as
+      the published code). The test set is the same for both.
 
   Returns:
     {"train": [...], "validation": [...], "test": [...]}, each list in the
-    order of `ids`; sizes n - 2 * ~n/10, ceil(n_rest / 9), ceil(n / 10).
+    order of `ids`; test has ceil(n / 10) ids.
   """
+  if scheme not in SPLIT_SCHEMES:
+    raise ValueError(f"unknown split scheme {scheme!r}; use one of "
+                     f"{sorted(SPLIT_SCHEMES)}")
   ids = list(ids)
   if len(set(ids)) != len(ids):
     raise ValueError("ids must be distinct")
@@ -68,7 +90,7 @@ def split_80_10_10(ids: Sequence[str], seed: int = DEFAULT_SEED
   test = [ids[i] for i in permutation[:n_test]]
   rest = [ids[i] for i in permutation[n_test:]]
   permutation = np.random.RandomState(seed).permutation(len(rest))
-  n_val = _ceil_div(len(rest), 9)
+  n_val = _ceil_div(len(rest), SPLIT_SCHEMES[scheme])
   validation = [rest[i] for i in permutation[:n_val]]
   train = [rest[i] for i in permutation[n_val:]]
   by_order = lambda values: sorted(values, key=order.__getitem__)
@@ -128,3 +150,32 @@ def load_split_lists(*names: str) -> Dict[str, List[str]]:
     for split, ids in load_split_file(name)["splits"].items():
       merged[split].extend(ids)
   return merged
+
+
+def moved_to_train(scheme: str, *names: str) -> List[str]:
+  """Validation ids that `scheme` trains on, from committed split files.
+
+  Args:
+    scheme: a key of `SPLIT_SCHEMES`.
+    names: split file stems (as `load_split_lists`).
+
+  Returns:
+    The ids (canonical order, files concatenated); [] for "80_10_10".
+
+  Raises:
+    ValueError: unknown scheme, or a file without an entry for it.
+  """
+  if scheme not in SPLIT_SCHEMES:
+    raise ValueError(f"unknown split scheme {scheme!r}; use one of "
+                     f"{sorted(SPLIT_SCHEMES)}")
+  if scheme == DEFAULT_SPLIT_SCHEME:
+    return []
+  moved: List[str] = []
+  for name in names:
+    entry = load_split_file(name).get("schemes", {}).get(scheme)
+    if entry is None:
+      raise ValueError(
+          f"split file {name}.json has no {scheme!r} entry; re-create it with "
+          "`python -m simsam_jax.data.make_splits`")
+    moved.extend(entry["moved_validation_to_train"])
+  return moved

@@ -76,6 +76,41 @@ def prepare_split(examples: Sequence[dict[str, Any]], protocol: protocols.Protoc
                      infos=infos, masks=masks, images=images)
 
 
+def move_examples(source: SplitArrays, target: SplitArrays, ids: Sequence[str]
+                  ) -> tuple[SplitArrays, SplitArrays]:
+  """Moves the examples `ids` from `source` to `target` (both encoded).
+
+  Rows of both results are sorted by id, as `prepare_split` sorts them. Ids
+  absent from `source` (e.g. skipped at build time) are ignored.
+
+  Returns:
+    (source without `ids`, target with them); new objects, inputs unchanged.
+  """
+  if source.embeddings is None or target.embeddings is None:
+    raise ValueError("move_examples needs encoded splits (embeddings set)")
+  moving = set(ids)
+  keep = [i for i, example_id in enumerate(source.ids) if example_id not in moving]
+  move = [i for i, example_id in enumerate(source.ids) if example_id in moving]
+
+  def take(split: SplitArrays, rows: Sequence[int]) -> SplitArrays:
+    rows = list(rows)
+    return SplitArrays(
+        ids=[split.ids[i] for i in rows], boxes=split.boxes[rows],
+        targets=split.targets[rows], infos=[split.infos[i] for i in rows],
+        masks=[split.masks[i] for i in rows], images=None,
+        embeddings=split.embeddings[rows])
+
+  def concat(a: SplitArrays, b: SplitArrays) -> SplitArrays:
+    joined = SplitArrays(
+        ids=a.ids + b.ids, boxes=np.concatenate([a.boxes, b.boxes]),
+        targets=np.concatenate([a.targets, b.targets]), infos=a.infos + b.infos,
+        masks=a.masks + b.masks, images=None,
+        embeddings=np.concatenate([a.embeddings, b.embeddings]))
+    return take(joined, sorted(range(len(joined.ids)), key=joined.ids.__getitem__))
+
+  return take(source, keep), concat(target, take(source, move))
+
+
 def encode_images(encode: Callable, state, images: Sequence[np.ndarray],
                   image_size: int) -> np.ndarray:
   """(N, G, G, C) float32 embeddings, one image at a time.

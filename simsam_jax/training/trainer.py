@@ -3,9 +3,37 @@ r"""SAM-FT training loop: the mask decoder fine-tuned on GT boxes (SPEC §2).
 The image encoder and the prompt encoder are frozen. Every image is encoded
 once (`simsam_jax.training.data`, cached on disk); each step runs only the
 prompt encoder and the mask decoder on a batch of cached embeddings with the
-GT box as the only prompt (single-mask output) and updates the decoder with
-AdamW (b1 0.9, b2 0.999, eps 1e-8, weight decay 0.01, lr decaying linearly
-to 0 over all steps, no warm-up). Loss: `simsam_jax.training.losses`.
+GT box as the only prompt (single-mask output) and updates the decoder.
+Loss: `simsam_jax.training.losses` (`config.loss`).
+
+Optimiser (`make_optimizer`), as the published `scripts/train.py` gets it
+from the Hugging Face `Trainer` defaults of transformers 4.30.2 (the version
+its requirements.txt pins), built from optax parts:
+`optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(...))`
+with gradient-norm clipping at 1.0, AdamW b1 0.9, b2 0.999, eps 1e-8, weight
+decay 0.01, lr decaying linearly from `learning_rate` to 0 over all steps
+with no warm-up, and weight decay masked by `weight_decay_mask`:
+
+  "transformers_4_30" (published): no decay on any `bias` and on the
+      scale/bias of the two-way transformer's LayerNorms (`nn.LayerNorm` in
+      HF); the upscaling LayerNorm2d (`mask_decoder.upscale_norm`) keeps decay
+      on its scale, because 4.30.2's `SamLayerNorm` was a plain `nn.Module`
+      that `Trainer.get_decay_parameter_names` did not recognise.
+  "bias_and_norm": no decay on biases and on every LayerNorm (what current
+      transformers' `Trainer` does, its SamLayerNorm being an nn.LayerNorm).
+  "all": decay on every parameter.
+
+Deliberate deviations from the PyTorch optimisers, all far below float32
+noise at lr 1e-5: optax's AdamW adds eps to the bias-corrected sqrt(v)
+(transformers' AdamW adds it before the correction) and applies the decay to
+the parameters before the Adam step rather than after; optax clips by
+`max_norm / norm` where torch uses `max_norm / (norm + 1e-6)`.
+
+Splits (`config.split_scheme`): "paper_81_9_10" trains on the committed
+train split plus the few validation ids that the published 81/9/10
+proportions put into train (`simsam_jax.data.splitting.moved_to_train`);
+"80_10_10" uses the committed lists as they are. The test sets are the same.
+The ids move after the embedding cache is read, so both schemes share it.
 
 Workdir layout:
 
@@ -60,18 +88,19 @@ from ml_collections import ConfigDict
 
 from simsam_jax import workdir as workdir_lib
 from simsam_jax.checkpoint import save_checkpoint
-from simsam_jax.data import loading, protocols
+from simsam_jax.data import loading, protocols, splitting
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import compute_metrics
 from simsam_jax.evaluation.config import DATASETS
 from simsam_jax.simsam import pipeline
 from simsam_jax.training import data as train_data
-from simsam_jax.training.losses import sam_ft_loss
+from simsam_jax.training import losses
 
 # Settings that change the trained weights: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "epochs", "batch_size",
                "learning_rate", "weight_decay", "seed", "iou_target_threshold",
-               "train_split", "val_split", "nsd_tolerance")
+               "train_split", "val_split", "nsd_tolerance", "loss", "max_grad_norm",
+               "weight_decay_mask", "split_scheme")
 DECODER = nnx.PathContains("mask_decoder")
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 VAL_CHUNK = 8
@@ -97,19 +126,71 @@ def _to_state(template, pure):
   return state
 
 
-def make_optimizer(config: ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with lr linearly decaying from `learning_rate` to 0 over all steps."""
+# The LayerNorm that transformers 4.30.2 implemented as a plain nn.Module
+# (`SamLayerNorm`, HF name `mask_decoder.upscale_layer_norm`): its Trainer
+# decayed that norm's weight.
+_NORMS_DECAYED_BY_TRANSFORMERS_4_30 = (("mask_decoder", "upscale_norm"),)
+WEIGHT_DECAY_MASKS = ("transformers_4_30", "bias_and_norm", "all")
+
+
+def _key(entry) -> Any:
+  return entry.key if hasattr(entry, "key") else entry.idx
+
+
+def weight_decay_mask(model, rule: str) -> dict[str, Any]:
+  """Which decoder parameters receive weight decay (see the module doc).
+
+  Args:
+    model: the SAM model (its `nnx.LayerNorm` modules are found by type).
+    rule: one of `WEIGHT_DECAY_MASKS`.
+  Returns:
+    A pure dict shaped like `nnx.to_pure_dict(split_model(model)[1])` with a
+    bool per parameter (True = decayed), for `optax.adamw(mask=...)`.
+  """
+  if rule not in WEIGHT_DECAY_MASKS:
+    raise ValueError(f"unknown weight decay mask {rule!r}; use one of {list(WEIGHT_DECAY_MASKS)}")
+  norms = {tuple(path) for path, node in nnx.iter_graph(model)
+           if isinstance(node, nnx.LayerNorm)}
+  if rule == "transformers_4_30":
+    norms -= set(_NORMS_DECAYED_BY_TRANSFORMERS_4_30)
+
+  def decayed(keypath, _):
+    path = tuple(_key(k) for k in keypath)
+    if rule == "all":
+      return True
+    return path[-1] != "bias" and path[:-1] not in norms
+
+  params = nnx.to_pure_dict(split_model(model)[1])
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(config: ConfigDict, total_steps: int,
+                   decay_mask: Any = None) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with a linear lr decay to 0 (module doc).
+
+  Args:
+    config: uses learning_rate, weight_decay, max_grad_norm (0 = no clipping).
+    total_steps: steps over which the lr falls from `learning_rate` to 0.
+    decay_mask: `weight_decay_mask(...)`, or None to decay every parameter.
+  """
   schedule = optax.linear_schedule(float(config.learning_rate), 0.0, max(total_steps, 1))
-  return optax.adamw(schedule, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS,
-                     weight_decay=float(config.weight_decay))
+  max_norm = float(config.max_grad_norm)
+  return optax.chain(
+      optax.clip_by_global_norm(max_norm) if max_norm > 0 else optax.identity(),
+      optax.adamw(schedule, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS,
+                  weight_decay=float(config.weight_decay), mask=decay_mask))
 
 
 def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
-def make_steps(graphdef, decoder_template, frozen_template, tx, threshold: float, mesh: Mesh):
+def make_steps(graphdef, decoder_template, frozen_template, tx, threshold: float, mesh: Mesh,
+               seg_loss: str = losses.DEFAULT_SEG_LOSS):
   """Jitted `train_step` and `predict` over pure-dict parameters.
+
+  `threshold` is the IoU-target logit threshold, `seg_loss` a key of
+  `losses.SEG_LOSSES`.
 
   train_step(params, opt_state, frozen, embeddings (B, G, G, C), boxes (B, 4),
   targets (B, M, M), weights (B,)) -> (params, opt_state, loss ()).
@@ -125,7 +206,7 @@ def make_steps(graphdef, decoder_template, frozen_template, tx, threshold: float
 
   def loss_fn(params, frozen, embeddings, boxes, targets, weights):
     low, iou = decode(params, frozen, embeddings, boxes)
-    loss, _ = sam_ft_loss(low, iou, targets, weights, threshold)
+    loss, _ = losses.sam_ft_loss(low, iou, targets, weights, threshold, seg_loss)
     return loss
 
   def train_step(params, opt_state, frozen, embeddings, boxes, targets, weights):
@@ -210,6 +291,25 @@ def validate_config(config: ConfigDict) -> protocols.Protocol:
     protocol = protocols.get_protocol(config.protocol)
   except ValueError as e:
     raise TrainingError(f"--config.protocol: {e}") from None
+  if config.loss not in losses.SEG_LOSSES:
+    raise TrainingError(f"--config.loss={config.loss!r}: unknown loss; use one of "
+                        f"{sorted(losses.SEG_LOSSES)}")
+  if config.weight_decay_mask not in WEIGHT_DECAY_MASKS:
+    raise TrainingError(f"--config.weight_decay_mask={config.weight_decay_mask!r}: unknown; "
+                        f"use one of {list(WEIGHT_DECAY_MASKS)}")
+  if config.split_scheme not in splitting.SPLIT_SCHEMES:
+    raise TrainingError(f"--config.split_scheme={config.split_scheme!r}: unknown split "
+                        f"scheme; use one of {sorted(splitting.SPLIT_SCHEMES)}")
+  if (config.split_scheme != splitting.DEFAULT_SPLIT_SCHEME
+      and (config.train_split, config.val_split) != ("train", "validation")):
+    raise TrainingError(
+        f"--config.split_scheme={config.split_scheme!r} moves committed validation ids into "
+        f"train, so it needs --config.train_split=train and --config.val_split=validation "
+        f"(got {config.train_split!r}, {config.val_split!r}); or use "
+        f"--config.split_scheme={splitting.DEFAULT_SPLIT_SCHEME}")
+  if not float(config.max_grad_norm) >= 0:
+    raise TrainingError(f"--config.max_grad_norm must be >= 0 (0: no clipping); got "
+                        f"{config.max_grad_norm}")
   for name in ("epochs", "batch_size"):
     if int(config[name]) <= 0:
       raise TrainingError(f"--config.{name} must be positive; got {config[name]}")
@@ -243,14 +343,37 @@ def check_workdir(workdir: str, config: ConfigDict, architecture: dict[str, Any]
   write_atomic(run_path, json.dumps({"architecture": architecture}, indent=2, sort_keys=True))
 
 
+def _data_args(config: ConfigDict) -> dict[str, Any]:
+  return dict(data_dir=os.path.expanduser(config.data_dir),
+              manual_dir=os.path.expanduser(config.manual_dir) if config.manual_dir else None,
+              config=config.builder_config or None, on_bad_example=config.on_bad_example)
+
+
 def load_examples(config: ConfigDict, split: str):
   try:
-    return loading.load_split(
-        config.dataset, split, os.path.expanduser(config.data_dir),
-        os.path.expanduser(config.manual_dir) if config.manual_dir else None,
-        config.builder_config or None, on_bad_example=config.on_bad_example)
+    return loading.load_split(config.dataset, split, **_data_args(config))
   except (DatasetError, ValueError) as e:
     raise TrainingError(f"{config.dataset}/{split}: {e}") from None
+
+
+def moved_to_train(config: ConfigDict) -> list[str]:
+  """The validation ids `config.split_scheme` trains on ([] for 80_10_10).
+
+  Read from the split files the built dataset records (`split_files` of its
+  build metadata).
+  """
+  if config.split_scheme == splitting.DEFAULT_SPLIT_SCHEME:
+    return []
+  try:
+    builder = loading.prepare_builder(config.dataset, **_data_args(config))
+    files = loading.build_metadata(builder).get("split_files")
+    if not files:
+      raise ValueError("the built dataset records no split files; rebuild it")
+    return splitting.moved_to_train(config.split_scheme,
+                                    *(os.path.splitext(f)[0] for f in files))
+  except (DatasetError, ValueError) as e:
+    raise TrainingError(f"--config.split_scheme={config.split_scheme}: "
+                        f"{config.dataset}: {e}") from None
 
 
 # ----------------------------------------------------------------------------
@@ -301,7 +424,8 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     {"step_losses": [float] per global step, "epoch_losses": [float] mean
     train loss per epoch, "validation": [{"epoch", "dsc", "nsd"}],
     "best_epoch": int, "total_steps": int, "cache_hits": {split: bool},
-    "exports": {"last": path, "best": path}}.
+    "exports": {"last": path, "best": path}, "split_ids": {"train": [id],
+    "val": [id]} (after `config.split_scheme`)}.
   Raises:
     TrainingError: bad config or workdir, before any work.
   """
@@ -320,6 +444,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       raise TrainingError(f"{config.dataset}/{split}: {e}") from None
   if not splits["train"].ids:
     raise TrainingError(f"{config.dataset}/{config.train_split} is empty")
+  moved = moved_to_train(config)
 
   graphdef, decoder_state, frozen_state = split_model(model)
   from simsam_jax.modeling.sam import make_sam_functions
@@ -337,11 +462,14 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
                                                  functions.encode, full_state, image_size)
   del functions, full_state
 
+  if moved:
+    splits["val"], splits["train"] = train_data.move_examples(splits["val"], splits["train"],
+                                                              moved)
   train, val = splits["train"], splits["val"]
   batch_size, epochs, seed = int(config.batch_size), int(config.epochs), int(config.seed)
   steps_per_epoch = math.ceil(len(train.ids) / batch_size)
   total_steps = steps_per_epoch * epochs
-  tx = make_optimizer(config, total_steps)
+  tx = make_optimizer(config, total_steps, weight_decay_mask(model, config.weight_decay_mask))
   mesh = make_mesh()
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
@@ -349,7 +477,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   frozen = jax.device_put(nnx.to_pure_dict(frozen_state), replicated)
   opt_state = jax.device_put(tx.init(params), replicated)
   train_step, predict, _ = make_steps(graphdef, decoder_state, frozen_state, tx,
-                                      float(config.iou_target_threshold), mesh)
+                                      float(config.iou_target_threshold), mesh, config.loss)
 
   last_manager, best_manager = _managers(workdir)
   meta = {"step": 0, "epoch": 0, "best_dsc": None, "best_epoch": None, "step_losses": [],
@@ -436,7 +564,8 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   history = {"step_losses": meta["step_losses"],
              "epoch_losses": [v["train_loss"] for v in meta["validation"]],
              "validation": meta["validation"], "best_epoch": meta["best_epoch"],
-             "total_steps": total_steps, "cache_hits": cache_hits, "exports": exports}
+             "total_steps": total_steps, "cache_hits": cache_hits, "exports": exports,
+             "split_ids": {"train": list(train.ids), "val": list(val.ids)}}
   write_atomic(os.path.join(workdir, "history.json"),
                json.dumps(history, indent=2, allow_nan=True))
   return history
