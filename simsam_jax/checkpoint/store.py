@@ -29,7 +29,7 @@ from flax import nnx
 from simsam_jax.checkpoint.sources import CheckpointError
 from simsam_jax.modeling.config import PRESETS, SamConfig
 from simsam_jax.modeling.policy import DTypeLike, make_policy
-from simsam_jax.modeling.sam import Sam, abstract_sam
+from simsam_jax.modeling.sam import Sam, split_abstract_sam
 
 SIDECAR = "simsam_jax.json"
 PARAMS = "params"
@@ -114,10 +114,7 @@ def load_model(ckpt_dir: str, *, dtype: DTypeLike = "float32",
   """
   policy = make_policy(dtype, attention_impl)
   meta = read_sidecar(ckpt_dir)
-  config = meta["config"]
-  model = abstract_sam(config, dtype=policy.precision,
-                       attention_impl=policy.attention_impl)
-  graphdef, abstract_state = nnx.split(model)
+  graphdef, abstract_state = split_abstract_sam(meta["config"], policy)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         nnx.to_pure_dict(abstract_state))
   try:

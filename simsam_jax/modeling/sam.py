@@ -203,13 +203,25 @@ def with_policy(model: Sam, dtype: Optional[DTypeLike] = None,
   if policy == model.policy:
     return model
   _, state = nnx.split(model)
-  return nnx.merge(_graphdef(model.config, policy), state)
+  return nnx.merge(split_abstract_sam(model.config, policy)[0], state)
+
+
+def split_abstract_sam(config: SamConfig, policy: Policy = Policy()
+                       ) -> tuple[nnx.GraphDef, nnx.State]:
+  """`nnx.split(abstract_sam(...))`, built once per (config, policy).
+
+  Returns the graph definition and a fresh copy of the abstract state
+  (`jax.ShapeDtypeStruct` leaves, float32), which the caller may fill with
+  `nnx.replace_by_pure_dict`.
+  """
+  graphdef, state = _split_abstract_sam(config, policy)
+  return graphdef, jax.tree.map(lambda leaf: leaf, state)
 
 
 @functools.lru_cache(maxsize=None)
-def _graphdef(config: SamConfig, policy: Policy) -> nnx.GraphDef:
+def _split_abstract_sam(config: SamConfig, policy: Policy):
   return nnx.split(abstract_sam(config, dtype=policy.precision,
-                                attention_impl=policy.attention_impl))[0]
+                                attention_impl=policy.attention_impl))
 
 
 def build_sam(config: SamConfig, seed: int = 0, *, dtype: DTypeLike = "float32",
@@ -227,9 +239,7 @@ def build_sam(config: SamConfig, seed: int = 0, *, dtype: DTypeLike = "float32",
   Raises:
     ValueError naming an unknown precision or attention implementation.
   """
-  policy = make_policy(dtype, attention_impl)
-  graphdef, state = nnx.split(abstract_sam(
-      config, dtype=policy.precision, attention_impl=policy.attention_impl))
+  graphdef, state = split_abstract_sam(config, make_policy(dtype, attention_impl))
   rng = np.random.default_rng(seed)
   pure = nnx.to_pure_dict(state)
 
