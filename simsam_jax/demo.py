@@ -30,6 +30,14 @@ Every field of the configuration (`configs/eval.py`) can be overridden:
       --config.checkpoint=checkpoints/sam_vit_b     # real weights on phantoms
   python -m simsam_jax.demo --workdir=runs/demo_small \
       --config.builder_config=small --config.k=8    # seconds
+  python -m simsam_jax.demo --workdir=runs/demo_bf16 --precision=bfloat16
+
+`--precision=float32|bfloat16` (a shorthand for `--config.precision`) is the
+compute precision: bfloat16 runs SAM's matmuls and convolutions in bfloat16
+with float32 weights, while softmax, LayerNorms, logits and SimSAM stay
+float32 (`simsam_jax.modeling.policy`); `--config.attention_impl=cudnn`
+selects cuDNN flash attention (GPU, bfloat16). Both are recorded in
+`config.json` and `results.json`.
 
 For the paper's datasets use `python -m simsam_jax.evaluate` with the files
 in `configs/` (see README, "Reproducing Table 1").
@@ -48,6 +56,8 @@ from ml_collections import ConfigDict, config_flags
 from simsam_jax import evaluate
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation.config import get_eval_config
+from simsam_jax.modeling import PRECISIONS
+from simsam_jax.modeling.policy import policy_from_flags
 
 DEMO_METHODS = "sam,simsam,random,pixel_mean,k1,oracle"
 DEMO_CHECKPOINT = "random:tiny_1024"
@@ -121,6 +131,9 @@ def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict:
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumable).")
 _CONFIG = config_flags.DEFINE_config_dict(
     "config", demo_config(), "Evaluation config; override fields with --config.FIELD=value.")
+_PRECISION = flags.DEFINE_string(
+    "precision", None, f"Compute precision, one of: {', '.join(PRECISIONS)} "
+    "(sets --config.precision; default float32).")
 
 
 def main(argv) -> int:
@@ -131,12 +144,20 @@ def main(argv) -> int:
           "(e.g. --workdir=runs/demo)", file=sys.stderr)
     return 1
   config, workdir = _CONFIG.value, _WORKDIR.value
+  if _PRECISION.value is not None:
+    try:
+      policy_from_flags(_PRECISION.value, config.attention_impl,
+                        attention_impl_flag="--config.attention_impl")
+    except ValueError as e:
+      print(f"simsam_jax.demo: error: {e}", file=sys.stderr)
+      return 1
+    config.precision = _PRECISION.value
   random_weights = str(config.checkpoint).startswith("random:")
   if random_weights:
     print(random_weights_warning(config.checkpoint), flush=True)
   print(f"Evaluating {config.methods} (K = {config.k}) on {config.dataset}/"
         f"{config.builder_config or 'default'} ({config.split} split), "
-        f"checkpoint {config.checkpoint}, into {workdir}", flush=True)
+        f"checkpoint {config.checkpoint}, {config.precision}, into {workdir}", flush=True)
   start = time.perf_counter()
   try:
     results = run(config, workdir)

@@ -77,7 +77,7 @@ CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou",
               "confidence", "chosen", "foreground")
 # Settings that change per-image results: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "k", "seed",
-               "nsd_tolerance", "empty_mask_policy")
+               "nsd_tolerance", "empty_mask_policy", "precision")
 PAPER_METHOD_ORDER = ("sam", "simsam", "random", "pixel_mean", "k1")
 
 
@@ -90,10 +90,10 @@ class EvaluationError(ValueError):
 # ----------------------------------------------------------------------------
 
 
-def load_sam_model(spec: str):
+def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla"):
   """`simsam_jax.workdir.load_sam_model`, with errors as EvaluationError."""
   try:
-    return workdir_lib.load_sam_model(spec)
+    return workdir_lib.load_sam_model(spec, precision, attention_impl)
   except ValueError as e:
     raise EvaluationError(str(e)) from None
 
@@ -434,7 +434,8 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   check_workdir(workdir, config)
   # Everything that can fail on bad input (checkpoint, dataset) comes before
   # the first write to the workdir: a refused run leaves nothing behind.
-  model, checkpoint = load_sam_model(config.checkpoint)
+  model, checkpoint = load_sam_model(config.checkpoint, config.get("precision", "float32"),
+                                     config.get("attention_impl", "xla"))
 
   try:
     builder = loading.prepare_builder(

@@ -4,11 +4,13 @@
       --box=x0,y0,x1,y1 --out=mask.png [--method=simsam] [--k=50] \\
       [--clicks=topk] [--aggregation=iou_medoid] [--mask_prompt=binary] \\
       [--seed=0] [--ground_truth=MASK] [--overlay=overlay.png] \\
-      [--save_debug=debug.npz] [--save_logits=lowres.npy]
+      [--save_debug=debug.npz] [--save_logits=lowres.npy] \\
+      [--precision=float32|bfloat16] [--attention_impl=xla|cudnn]
 
   python -m simsam_jax.segment --method=sam --checkpoint=DIR --image=PATH \\
       [--box=x0,y0,x1,y1] [--point=x,y,label ...] --out=mask.png \\
-      [--multimask] [--overlay=overlay.png] [--save_logits=lowres.npy]
+      [--multimask] [--overlay=overlay.png] [--save_logits=lowres.npy] \\
+      [--precision=float32|bfloat16] [--attention_impl=xla|cudnn]
 
 `--method=simsam` (the default) runs `simsam_jax.simsam.SimSam`: the box-only
 SAM mask, K simulated clicks (`--clicks`, a `CLICK_STRATEGIES` name), one
@@ -21,6 +23,12 @@ file; foreground = value > 0 after conversion to grayscale, see
 `load_ground_truth`). The engine's separately jitted stages run one by one
 (compiled ahead of time) so that each is timed; they compute exactly what the
 fused `SimSam.run` computes (tests check the mask and the debug arrays).
+
+`--precision=bfloat16` runs SAM's matmuls and convolutions in bfloat16 with
+the float32 weights cast at use (softmax, LayerNorms, positional encodings,
+the logits and everything SimSAM computes from them stay float32; see
+`simsam_jax.modeling.policy`); `--attention_impl=cudnn` uses cuDNN flash
+attention (a CUDA GPU and bfloat16 only). Both are recorded in the JSON.
 
 Outputs, all written only once everything succeeded (temporary files in the
 destination folders, renamed into place at the end):
@@ -38,7 +46,8 @@ destination folders, renamed into place at the end):
   the mask), `mask_foreground_fraction`; `model_frame` (image_size,
   resized_size, box and points in the model frame, low_res_logits_shape);
   `outputs` (absolute paths: mask, metadata, logits, overlay, debug);
-  `timings_ms` and `compile_ms` apart (SAM: preprocess, encode, decode,
+  `precision` ("float32" / "bfloat16") and `attention_impl` ("xla" /
+  "cudnn"); `timings_ms` and `compile_ms` apart (SAM: preprocess, encode, decode,
   postprocess; SimSAM: preprocess, encode, first_decode,
   simulate_and_decode, aggregate (with the maps at the input size),
   compile_ms without preprocess); `jax` (backend, devices, jax_version). SimSAM adds `simsam`:
@@ -101,8 +110,10 @@ from flax import nnx
 from simsam_jax import overlay as overlay_lib
 from simsam_jax import processing, synthetic
 from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
-from simsam_jax.modeling import (SamConfig, SamFunctions, build_sam, get_preset,
+from simsam_jax.modeling import (ATTENTION_IMPLS, PRECISIONS, Policy, SamConfig,
+                                 SamFunctions, build_sam, get_preset,
                                  make_sam_functions)
+from simsam_jax.modeling.policy import policy_from_flags
 from simsam_jax.simsam import (AGGREGATIONS, CLICK_STRATEGIES, MASK_PROMPTS,
                                SimSam, SimSamConfig, SimSamOutput)
 
@@ -354,11 +365,13 @@ class LoadedSam:
       seed, source format and sha256).
     simsam_engines: `simsam_engine`'s cache, {SimSamConfig: SimSam}, so
       that repeated runs with one configuration compile once.
+    policy: compute precision and attention implementation of `fns`.
   """
   fns: SamFunctions
   state: Any
   config: SamConfig
   description: dict
+  policy: Policy = Policy()
   simsam_engines: dict = dataclasses.field(default_factory=dict,
                                            compare=False, repr=False)
 
@@ -431,13 +444,29 @@ def describe_checkpoint(spec: str) -> dict:
           "image_size": sidecar["config"].image_size}
 
 
-def load_sam(spec: str) -> LoadedSam:
+def parse_policy(precision: Optional[str] = None,
+                 attention_impl: Optional[str] = None) -> Policy:
+  """`--precision` and `--attention_impl` (None: the defaults) -> Policy.
+
+  Raises:
+    SegmentError: naming the flag for an unknown value or an unusable
+      combination (cudnn without bfloat16 or without a GPU).
+  """
+  try:
+    return policy_from_flags(precision, attention_impl)
+  except ValueError as error:
+    raise SegmentError(str(error)) from None
+
+
+def load_sam(spec: str, policy: Policy = Policy()) -> LoadedSam:
   """Loads (or randomly builds) SAM from a `--checkpoint` value.
 
   Args:
     spec: a converted checkpoint folder or `random:PRESET[:SEED]`
       (weights from `build_sam(get_preset(PRESET), SEED)`, SEED 0 by
       default).
+    policy: compute precision and attention implementation
+      (`parse_policy`); the weights are float32 either way.
 
   Raises:
     SegmentError: as `describe_checkpoint`, or when the weights cannot be
@@ -452,10 +481,11 @@ def load_sam(spec: str) -> LoadedSam:
     except CheckpointError as error:
       raise SegmentError(f"--checkpoint={spec!r}: "
                          + "; ".join(error.problems)) from None
-  fns, state = make_sam_functions(model)
+  fns, state = make_sam_functions(model, dtype=policy.precision,
+                                  attention_impl=policy.attention_impl)
   description["architecture"] = description["preset"] or "custom"
   return LoadedSam(fns=fns, state=state, config=model.config,
-                   description=description)
+                   description=description, policy=policy)
 
 
 def simsam_engine(sam: LoadedSam, config: SimSamConfig) -> SimSam:
@@ -1009,6 +1039,8 @@ def build_metadata(result: SamResult, sam: LoadedSam, image: InputImage,
                       "low_res_logits_shape":
                           list(result.low_res_logits.shape)},
       "outputs": _outputs_metadata(out, save_logits, overlay, None),
+      "precision": sam.policy.precision,
+      "attention_impl": sam.policy.attention_impl,
       "timings_ms": _rounded(result.timings_ms),
       "compile_ms": _rounded(result.compile_ms),
       "jax": jax_environment(),
@@ -1083,6 +1115,8 @@ def build_simsam_metadata(result: SimSamResult, config: SimSamConfig,
                       "low_res_logits_shape":
                           list(result.low_res_logits.shape)},
       "outputs": _outputs_metadata(out, save_logits, overlay, save_debug),
+      "precision": sam.policy.precision,
+      "attention_impl": sam.policy.attention_impl,
       "timings_ms": _rounded(result.timings_ms),
       "compile_ms": _rounded(result.compile_ms),
       "jax": jax_environment(),
@@ -1190,7 +1224,8 @@ def segment(*, checkpoint: str, image: str, out: str,
             aggregation: Optional[str] = None,
             mask_prompt: Optional[str] = None, seed: Optional[int] = None,
             ground_truth: Optional[str] = None, overlay: Optional[str] = None,
-            save_debug: Optional[str] = None) -> dict:
+            save_debug: Optional[str] = None, precision: Optional[str] = None,
+            attention_impl: Optional[str] = None) -> dict:
   """Runs the command on flag values; returns the metadata it wrote.
 
   Every input is checked before the model is built, so bad flags fail fast
@@ -1213,6 +1248,9 @@ def segment(*, checkpoint: str, image: str, out: str,
     ground_truth: `--ground_truth` mask path (SimSAM only), or None.
     overlay: `--overlay` path (.png), or None.
     save_debug: `--save_debug` path (.npz, SimSAM only), or None.
+    precision: `--precision`, "float32" or "bfloat16"; attention_impl:
+      `--attention_impl`, "xla" or "cudnn". None: the defaults (float32,
+      xla), or `sam`'s when `sam` is given (a different value is an error).
 
   Raises:
     SegmentError: on any expected error (the message names the flag/file).
@@ -1221,6 +1259,15 @@ def segment(*, checkpoint: str, image: str, out: str,
                    "mask_prompt": mask_prompt, "seed": seed,
                    "ground_truth": ground_truth, "save_debug": save_debug}
   _check_method_flags(method, points, multimask, simsam_values)
+  if sam is None:
+    policy = parse_policy(precision, attention_impl)
+  else:
+    policy = sam.policy
+    for flag, value in (("precision", precision),
+                        ("attention_impl", attention_impl)):
+      if value is not None and value != getattr(policy, flag):
+        raise SegmentError(f"--{flag}={value!r} differs from the given model's "
+                           f"{getattr(policy, flag)!r}")
   check_output_paths(out, save_logits, overlay, save_debug)
   config = None
   if method == METHOD_SIMSAM:
@@ -1265,7 +1312,7 @@ def segment(*, checkpoint: str, image: str, out: str,
     check_prompts(parsed_box, parsed_points, image_size)
 
   if sam is None:
-    sam = load_sam(checkpoint)
+    sam = load_sam(checkpoint, policy)
   if sam.description["random_weights"]:
     logging.warning("RANDOM WEIGHTS (%s): the mask is meaningless; use a "
                     "converted checkpoint folder for real segmentations.",
@@ -1395,6 +1442,15 @@ flags.DEFINE_string("overlay", None,
 flags.DEFINE_string("save_debug", None,
                     "SimSAM: optional .npz with first_logits, clicks, labels, "
                     "candidate_logits, scores, chosen and agreement.")
+flags.DEFINE_string(
+    "precision", Policy.precision,
+    f"Compute precision, one of: {', '.join(PRECISIONS)}. bfloat16: matmuls "
+    "and convolutions in bfloat16, float32 weights, softmax / LayerNorm / "
+    "logits / SimSAM in float32.")
+flags.DEFINE_string(
+    "attention_impl", Policy.attention_impl,
+    f"Attention implementation, one of: {', '.join(ATTENTION_IMPLS)} (cudnn: "
+    "CUDA GPU and --precision=bfloat16 only).")
 
 
 def _given(name: str) -> Any:
@@ -1414,7 +1470,8 @@ def main(argv: Sequence[str]) -> None:
     segment(checkpoint=FLAGS.checkpoint, image=FLAGS.image, out=FLAGS.out,
             box=FLAGS.box, points=FLAGS.point, save_logits=FLAGS.save_logits,
             multimask=FLAGS.multimask, method=FLAGS.method,
-            overlay=FLAGS.overlay,
+            overlay=FLAGS.overlay, precision=FLAGS.precision,
+            attention_impl=FLAGS.attention_impl,
             **{name: _given(name) for name in SIMSAM_ONLY_FLAGS})
   except SegmentError as error:
     message = " ".join(str(error).split())  # Always a single line.

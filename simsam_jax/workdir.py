@@ -1,7 +1,8 @@
 """Helpers shared by the launchers (evaluate, finetune): no absl flags here.
 
-* `load_sam_model(spec)`: a SAM from a converted checkpoint folder or from
-  `random:PRESET[:SEED]`, with a JSON-ready description of where it came from.
+* `load_sam_model(spec, precision, attention_impl)`: a SAM from a converted
+  checkpoint folder or from `random:PRESET[:SEED]`, computing in `precision`
+  with `attention_impl`, and a JSON-ready description of where it came from.
 * `write_atomic(path, data)`: write to a temporary sibling, then rename.
 * `config_dict(config)`: an `ml_collections.ConfigDict` as plain JSON data.
 * `refuse_changed_config(workdir, current, keys)`: a workdir's recorded run
@@ -19,25 +20,34 @@ from ml_collections import ConfigDict
 
 from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
 from simsam_jax.modeling import build_sam, get_preset
+from simsam_jax.modeling.policy import policy_from_flags
 
 
-def load_sam_model(spec: str):
+def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla"):
   """(Sam, description) from a folder or `random:PRESET[:SEED]`.
 
+  `precision` ("float32" / "bfloat16") and `attention_impl` ("xla" /
+  "cudnn") are checked first, before any weight is read.
+
   Raises:
-    ValueError naming `spec` (a bad preset or seed, an unusable folder).
+    ValueError naming `--config.precision`, `--config.attention_impl` or
+    `--config.checkpoint` (a bad preset or seed, an unusable folder).
   """
+  policy = policy_from_flags(precision, attention_impl,
+                             precision_flag="--config.precision",
+                             attention_impl_flag="--config.attention_impl")
+  run_options = {"dtype": policy.precision, "attention_impl": policy.attention_impl}
   if spec.startswith("random:"):
     parts = spec.split(":")
     try:
       seed = int(parts[2]) if len(parts) > 2 else 0
-      model = build_sam(get_preset(parts[1]), seed)
+      model = build_sam(get_preset(parts[1]), seed, **run_options)
     except (IndexError, ValueError) as e:
       raise ValueError(f"--config.checkpoint={spec}: {e}") from None
     return model, {"spec": spec, "random_weights": True, "sha256": None}
   try:
     meta = read_sidecar(spec)
-    model = load_model(spec)
+    model = load_model(spec, **run_options)
   except CheckpointError as e:
     raise ValueError(f"--config.checkpoint={spec}: {e}") from None
   return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),

@@ -203,3 +203,26 @@ def all_busi_names(extra: Iterable[str] = ()) -> list:
     for n in range(1, count + 1):
       names += [f"{cls}/{cls} ({n}).png", f"{cls}/{cls} ({n})_mask.png"]
   return names + list(extra)
+
+
+def shared_sample_files(root: pathlib.Path) -> list:
+  """(name, dataset, image path, [mask paths]) of every real sample image in
+  the shared sample folder `root` (read in place, never copied): BUSI (all
+  three classes, multi-mask cases), CVC-ClinicDB as TIFF and as PNG copy,
+  ISIC 2016."""
+  pairs = []
+  for cls in ("benign", "malignant", "normal"):
+    for img in sorted((root / "busi" / "Dataset_BUSI_with_GT" / cls).glob("*).png")):
+      masks = sorted(img.parent.glob(img.stem + "_mask*.png"))
+      pairs.append((f"busi/{img.name}", "busi", img, masks))
+  cvc = root / "cvc_clinicdb"
+  for img in sorted((cvc / "Original").glob("*.tif")):
+    pairs.append((f"cvc/{img.name}", "cvc_clinicdb", img, [cvc / "Ground Truth" / img.name]))
+  for img in sorted((cvc / "PNG" / "Original").glob("*.png")):
+    pairs.append((f"cvc_png/{img.name}", "cvc_clinicdb", img,
+                  [cvc / "PNG" / "Ground Truth" / img.name]))
+  isic = root / "isic2016"
+  for img in sorted((isic / "ISBI2016_ISIC_Part1_Training_Data").glob("*.jpg")):
+    gt = isic / "ISBI2016_ISIC_Part1_Training_GroundTruth" / (img.stem + "_Segmentation.png")
+    pairs.append((f"isic/{img.name}", "isic2016", img, [gt]))
+  return pairs

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from PIL import Image
 
 import simsam_mirror as mirror
+from data_fixtures import shared_sample_files
 import torch_reference as tr
 from simsam_jax import processing
 from simsam_jax.checkpoint import convert_checkpoint, load_model
@@ -30,21 +31,7 @@ SIZE = 256
 
 def _sample_pairs(root):
   """(name, image path, [mask paths]) for every real sample image."""
-  pairs = []
-  for cls in ("benign", "malignant", "normal"):
-    for img in sorted((root / "busi" / "Dataset_BUSI_with_GT" / cls).glob("*).png")):
-      masks = sorted(img.parent.glob(img.stem + "_mask*.png"))
-      pairs.append((f"busi/{img.name}", img, masks))
-  cvc = root / "cvc_clinicdb"
-  for img in sorted((cvc / "Original").glob("*.tif")):
-    pairs.append((f"cvc/{img.name}", img, [cvc / "Ground Truth" / img.name]))
-  for img in sorted((cvc / "PNG" / "Original").glob("*.png")):
-    pairs.append((f"cvc_png/{img.name}", img, [cvc / "PNG" / "Ground Truth" / img.name]))
-  isic = root / "isic2016"
-  for img in sorted((isic / "ISBI2016_ISIC_Part1_Training_Data").glob("*.jpg")):
-    gt = isic / "ISBI2016_ISIC_Part1_Training_GroundTruth" / (img.stem + "_Segmentation.png")
-    pairs.append((f"isic/{img.name}", img, [gt]))
-  return pairs
+  return [(name, image, masks) for name, _, image, masks in shared_sample_files(root)]
 
 
 def _at_256(image_path, mask_paths):

@@ -7,7 +7,10 @@ A converted checkpoint is a folder:
   simsam_jax.json  sidecar: architecture (`SamConfig` fields), source format,
                    source path and sha256, library version.
 
-Restoring needs neither torch nor the source file.
+Restoring needs neither torch nor the source file. Checkpoints hold float32
+weights only: the compute precision and attention implementation are chosen
+when a model is loaded (`load_model(..., dtype=, attention_impl=)`), never
+recorded in the sidecar.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from flax import nnx
 
 from simsam_jax.checkpoint.sources import CheckpointError
 from simsam_jax.modeling.config import PRESETS, SamConfig
-from simsam_jax.modeling.sam import Sam, abstract_sam
+from simsam_jax.modeling.policy import DTypeLike, make_policy
+from simsam_jax.modeling.sam import Sam, split_abstract_sam
 
 SIDECAR = "simsam_jax.json"
 PARAMS = "params"
@@ -95,12 +99,22 @@ def read_sidecar(ckpt_dir: str) -> dict[str, Any]:
   return meta
 
 
-def load_model(ckpt_dir: str) -> Sam:
-  """Restores a ready `Sam` from a folder written by `save_checkpoint`."""
+def load_model(ckpt_dir: str, *, dtype: DTypeLike = "float32",
+               attention_impl: str = "xla") -> Sam:
+  """Restores a ready `Sam` from a folder written by `save_checkpoint`.
+
+  Args:
+    ckpt_dir: the checkpoint folder.
+    dtype: compute precision, "float32" (default) or "bfloat16" (or the
+      dtype); the weights are restored float32 either way.
+    attention_impl: "xla" (default) or "cudnn" (`modeling.policy`).
+  Raises:
+    ValueError naming an unknown precision or attention implementation
+      (checked before anything is read); CheckpointError for the folder.
+  """
+  policy = make_policy(dtype, attention_impl)
   meta = read_sidecar(ckpt_dir)
-  config = meta["config"]
-  model = abstract_sam(config)
-  graphdef, abstract_state = nnx.split(model)
+  graphdef, abstract_state = split_abstract_sam(meta["config"], policy)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         nnx.to_pure_dict(abstract_state))
   try:

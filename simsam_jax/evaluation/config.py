@@ -42,6 +42,12 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   # "" (one process), "auto" (jax.distributed.initialize() detects Cloud TPU
   # pods, SLURM, Open MPI, Kubernetes) or "HOST:PORT,NUM_PROCESSES,PROCESS_ID".
   c.distributed = ""
+  # Run options of the model (simsam_jax.modeling.policy), not architecture:
+  # "float32" or "bfloat16" (matmuls and convolutions in bfloat16, float32
+  # weights; softmax, LayerNorms, logits and SimSAM in float32), and the
+  # attention kernel, "xla" or "cudnn" (CUDA GPU with bfloat16 only).
+  c.precision = "float32"
+  c.attention_impl = "xla"
   if "runlocal" in parts:
     c.checkpoint = "random:tiny_1024"
     c.k = 4

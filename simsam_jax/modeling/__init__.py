@@ -1,8 +1,10 @@
 """Flax NNX port of the Segment Anything Model."""
 
 from simsam_jax.modeling.config import PRESETS, SamConfig, get_preset
+from simsam_jax.modeling.policy import ATTENTION_IMPLS, PRECISIONS, Policy
 from simsam_jax.modeling.sam import (Sam, SamFunctions, abstract_sam, build_sam,
-                                     make_sam_functions)
+                                     make_sam_functions, with_policy)
 
-__all__ = ["PRESETS", "SamConfig", "get_preset", "Sam", "SamFunctions",
-           "abstract_sam", "build_sam", "make_sam_functions"]
+__all__ = ["ATTENTION_IMPLS", "PRECISIONS", "PRESETS", "Policy", "SamConfig",
+           "get_preset", "Sam", "SamFunctions", "abstract_sam", "build_sam",
+           "make_sam_functions", "with_policy"]

@@ -10,16 +10,31 @@ Deviations from the PyTorch reference:
     interpolates them when the stored size differs from the attention size,
     which never happens for a checkpoint of the configured architecture (the
     converter rejects mismatched tables instead of resizing them silently).
+  * Attention goes through `jax.nn.dot_product_attention` (XLA's fused
+    attention, or cuDNN flash attention with `attention_impl="cudnn"`), with
+    the decomposed relative-position terms as its additive bias; the logits
+    are scaled after QK^T rather than scaling the query first (equal up to
+    float32 rounding, ~1e-7 relative).
+
+Precision (`policy.Policy`): the patch embedding, the qkv / projection / MLP
+linear layers, QK^T, PV, the relative-position terms and the neck
+convolutions take the policy's dtype with float32 parameters cast at use;
+the residual stream, the position embedding, LayerNorms, attention logits
+and softmax, and the returned embedding are float32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from simsam_jax.modeling.config import SamConfig
-from simsam_jax.modeling.layers import MLPBlock, gelu, layer_norm, torch_like_linear
+from simsam_jax.modeling.layers import (MLPBlock, attend, gelu, layer_norm,
+                                       torch_like_linear)
+from simsam_jax.modeling.policy import Policy
 
 
 def relative_position_index(size: int) -> jax.Array:
@@ -31,40 +46,50 @@ def relative_position_index(size: int) -> jax.Array:
 class Attention(nnx.Module):
   """Multi-head self-attention with decomposed relative position bias.
 
+  The decomposed relative-position terms (computed from the unscaled query,
+  as the reference) form the additive `bias` of
+  `jax.nn.dot_product_attention` (`layers.attend`): (B, N, T, T) float32,
+  T = H * W, built by broadcasting the (B, N, H, W, H) and (B, N, H, W, W)
+  terms, which XLA fuses into the logits.
+
   Args of `__call__`:
     x: (B, H, W, C) float, with H == W == the size the tables were built for
       (window size, or the full grid for global blocks).
   Returns:
-    (B, H, W, C).
+    (B, H, W, C) in the policy's dtype.
   """
 
   def __init__(self, dim: int, num_heads: int, input_size: int, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, policy: Policy):
     self.num_heads = num_heads
+    self.policy = policy
     head_dim = dim // num_heads
     self.scale = head_dim ** -0.5
-    self.qkv = torch_like_linear(dim, 3 * dim, rngs)
-    self.proj = torch_like_linear(dim, dim, rngs)
+    self.qkv = torch_like_linear(dim, 3 * dim, rngs, policy)
+    self.proj = torch_like_linear(dim, dim, rngs, policy)
     # PyTorch initialises these at zero; random values keep tests decisive.
     init = jax.nn.initializers.normal(0.02)
     self.rel_pos_h = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
     self.rel_pos_w = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
 
+  def relative_position_bias(self, q: jax.Array) -> jax.Array:
+    """q: (B, H, W, N, D) unscaled queries -> (B, N, H*W, H*W) float32 bias."""
+    b, h, w, n, _ = q.shape
+    cast = self.policy.cast
+    rh = cast(self.rel_pos_h[...][relative_position_index(h)])  # (H, Hk, D)
+    rw = cast(self.rel_pos_w[...][relative_position_index(w)])  # (W, Wk, D)
+    q = cast(q)
+    rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, rh, preferred_element_type=jnp.float32)
+    rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, rw, preferred_element_type=jnp.float32)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, h * w, h * w)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     heads = self.num_heads
-    qkv = self.qkv(x).reshape(b, h, w, 3, heads, c // heads)
-    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # (B,H,W,n,d)
-    attn = jnp.einsum("bhwnd,bxynd->bnhwxy", q * self.scale, k)
-    # Decomposed relative positions use the unscaled query, as the reference.
-    rh = self.rel_pos_h[...][relative_position_index(h)]  # (H, Hk, d)
-    rw = self.rel_pos_w[...][relative_position_index(w)]  # (W, Wk, d)
-    rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, rh)
-    rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, rw)
-    attn = attn + rel_h[..., :, None] + rel_w[..., None, :]
-    attn = attn.reshape(b, heads, h, w, h * w)
-    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnhwk,bknd->bhwnd", attn, v.reshape(b, h * w, heads, -1))
+    qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
+    bias = self.relative_position_bias(q.reshape(b, h, w, heads, -1))
+    out = attend(q, k, v, self.policy, bias=bias, scale=self.scale)
     return self.proj(out.reshape(b, h, w, c))
 
 
@@ -98,19 +123,22 @@ class Block(nnx.Module):
   """Pre-norm transformer block; windowed attention when `window_size` > 0.
 
   Args of `__call__`:
-    x: (B, G, G, C) float, G = image_size // patch_size.
+    x: (B, G, G, C) float32 residual stream, G = image_size // patch_size.
   Returns:
-    (B, G, G, C).
+    (B, G, G, C) float32 (the attention and MLP branches, in the policy's
+    dtype, are added to the float32 stream).
   """
 
-  def __init__(self, config: SamConfig, window_size: int, *, rngs: nnx.Rngs):
+  def __init__(self, config: SamConfig, window_size: int, *, rngs: nnx.Rngs,
+               policy: Policy):
     dim = config.encoder_dim
     self.window_size = window_size
     input_size = window_size if window_size > 0 else config.image_embedding_size
     self.norm1 = layer_norm(dim, config.encoder_layer_norm_eps, rngs)
-    self.attn = Attention(dim, config.encoder_num_heads, input_size, rngs=rngs)
+    self.attn = Attention(dim, config.encoder_num_heads, input_size, rngs=rngs,
+                          policy=policy)
     self.norm2 = layer_norm(dim, config.encoder_layer_norm_eps, rngs)
-    self.mlp = MLPBlock(dim, config.encoder_mlp_dim, gelu, rngs=rngs)
+    self.mlp = MLPBlock(dim, config.encoder_mlp_dim, gelu, rngs=rngs, policy=policy)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x
@@ -133,31 +161,34 @@ class ImageEncoder(nnx.Module):
     pixels: (B, S, S, 3) float32, S = config.image_size; normalised with SAM's
       pixel mean/std and zero-padded (see `simsam_jax.processing`).
   Returns:
-    image embeddings (B, G, G, prompt_embed_dim), G = S // patch_size.
+    image embeddings (B, G, G, prompt_embed_dim) float32 (the neck ends with a
+    LayerNorm), G = S // patch_size.
   """
 
-  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs,
+               policy: Policy = Policy()):
     dim, grid, p = config.encoder_dim, config.image_embedding_size, config.patch_size
-    self.patch_embed = nnx.Conv(3, dim, kernel_size=(p, p), strides=(p, p),
-                                padding="VALID", rngs=rngs)
+    conv = functools.partial(nnx.Conv, dtype=policy.dtype,
+                             param_dtype=policy.param_dtype, rngs=rngs)
+    self.patch_embed = conv(3, dim, kernel_size=(p, p), strides=(p, p),
+                            padding="VALID")
     self.pos_embed = nnx.Param(
         jax.random.normal(rngs.params(), (1, grid, grid, dim)) * 0.02)
     global_idx = set(config.encoder_global_attn_indexes)
     self.blocks = nnx.List([
         Block(config, 0 if i in global_idx else config.encoder_window_size,
-              rngs=rngs)
+              rngs=rngs, policy=policy)
         for i in range(config.encoder_depth)
     ])
     out = config.prompt_embed_dim
-    self.neck_conv1 = nnx.Conv(dim, out, kernel_size=(1, 1), use_bias=False,
-                               rngs=rngs)
+    self.neck_conv1 = conv(dim, out, kernel_size=(1, 1), use_bias=False)
     self.neck_norm1 = layer_norm(out, 1e-6, rngs)
-    self.neck_conv2 = nnx.Conv(out, out, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                               use_bias=False, rngs=rngs)
+    self.neck_conv2 = conv(out, out, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                           use_bias=False)
     self.neck_norm2 = layer_norm(out, 1e-6, rngs)
 
   def __call__(self, pixels: jax.Array) -> jax.Array:
-    x = self.patch_embed(pixels) + self.pos_embed[...]
+    x = self.patch_embed(pixels).astype(jnp.float32) + self.pos_embed[...]
     for block in self.blocks:
       x = block(x)
     x = self.neck_norm1(self.neck_conv1(x))

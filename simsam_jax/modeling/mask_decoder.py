@@ -14,6 +14,12 @@ Deviations from the PyTorch reference:
     kernel keeps the layout of `nnx.ConvTranspose(transpose_kernel=True)`,
     (kh, kw, out, in), i.e. PyTorch's (in, out, kh, kw) permuted by
     (2, 3, 1, 0) (tested on its own against `torch.nn.ConvTranspose2d`).
+
+Precision (`policy.Policy`): the two-way transformer, the upscaling
+products and the hypernetwork / IoU MLPs take the policy's dtype (float32
+parameters cast at use); LayerNorms are float32, and the returned mask
+logits (the hypernetwork x upscaled-features product, accumulated in
+float32) and IoU predictions are float32 in every precision.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from flax import nnx
 
 from simsam_jax.modeling.config import SamConfig
 from simsam_jax.modeling.layers import MLP, gelu, layer_norm
+from simsam_jax.modeling.policy import Policy
 from simsam_jax.modeling.transformer import TwoWayTransformer
 
 
@@ -35,10 +42,12 @@ class UpConv2x2(nnx.Module):
   Args of `__call__`:
     x: (B, H, W, in_features) float.
   Returns:
-    (B, 2H, 2W, out_features).
+    (B, 2H, 2W, out_features) in the policy's dtype.
   """
 
-  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
+               policy: Policy = Policy()):
+    self.policy = policy
     bound = 1.0 / (out_features * 4) ** 0.5
     self.kernel = nnx.Param(jax.random.uniform(
         rngs.params(), (2, 2, out_features, in_features), minval=-bound, maxval=bound))
@@ -46,8 +55,9 @@ class UpConv2x2(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, _ = x.shape
-    y = jnp.einsum("bijn,acon->biajco", x, self.kernel[...])
-    return y.reshape(b, 2 * h, 2 * w, -1) + self.bias[...]
+    cast = self.policy.cast
+    y = jnp.einsum("bijn,acon->biajco", cast(x), cast(self.kernel[...]))
+    return y.reshape(b, 2 * h, 2 * w, -1) + cast(self.bias[...])
 
 
 class MaskDecoder(nnx.Module):
@@ -55,29 +65,31 @@ class MaskDecoder(nnx.Module):
 
   Args of `__call__`:
     image_embedding: (G, G, C) float32 image features of one image.
-    image_pe: (G, G, C) dense positional encoding of the grid.
-    sparse: (T, C) prompt tokens; dense: (G, G, C) dense prompt embedding.
+    image_pe: (G, G, C) float32 dense positional encoding of the grid.
+    sparse: (T, C) float32 prompt tokens; dense: (G, G, C) dense prompt
+      embedding (policy dtype or float32).
   Returns:
     masks: (num_mask_tokens, 4G, 4G) float32 low-res logits (all tokens;
       `Sam.decode` selects single- or multi-mask outputs).
     iou_pred: (num_mask_tokens,) float32 predicted IoU.
   """
 
-  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs,
+               policy: Policy = Policy()):
     c = config.prompt_embed_dim
     n = config.num_mask_tokens
     init = jax.nn.initializers.normal(1.0)
     self.num_mask_tokens = n
-    self.transformer = TwoWayTransformer(config, rngs=rngs)
+    self.transformer = TwoWayTransformer(config, rngs=rngs, policy=policy)
     self.iou_token = nnx.Embed(1, c, embedding_init=init, rngs=rngs)
     self.mask_tokens = nnx.Embed(n, c, embedding_init=init, rngs=rngs)
-    self.upscale_conv1 = UpConv2x2(c, c // 4, rngs=rngs)
+    self.upscale_conv1 = UpConv2x2(c, c // 4, rngs=rngs, policy=policy)
     self.upscale_norm = layer_norm(c // 4, 1e-6, rngs)
-    self.upscale_conv2 = UpConv2x2(c // 4, c // 8, rngs=rngs)
+    self.upscale_conv2 = UpConv2x2(c // 4, c // 8, rngs=rngs, policy=policy)
     self.output_hypernetworks_mlps = nnx.List(
-        [MLP(c, c, c // 8, 3, rngs=rngs) for _ in range(n)])
+        [MLP(c, c, c // 8, 3, rngs=rngs, policy=policy) for _ in range(n)])
     self.iou_prediction_head = MLP(c, config.iou_head_hidden_dim, n,
-                                   config.iou_head_depth, rngs=rngs)
+                                   config.iou_head_depth, rngs=rngs, policy=policy)
 
   def __call__(self, image_embedding, image_pe, sparse, dense):
     g, _, c = image_embedding.shape
@@ -93,6 +105,7 @@ class MaskDecoder(nnx.Module):
     up = gelu(self.upscale_conv2(up))[0]  # (4G, 4G, C/8)
     hyper_in = jnp.stack([mlp(mask_tokens_out[i]) for i, mlp in
                           enumerate(self.output_hypernetworks_mlps)], 0)
-    masks = jnp.einsum("nc,hwc->nhw", hyper_in, up)
-    iou_pred = self.iou_prediction_head(iou_token_out)
+    masks = jnp.einsum("nc,hwc->nhw", hyper_in, up,
+                       preferred_element_type=jnp.float32)
+    iou_pred = self.iou_prediction_head(iou_token_out).astype(jnp.float32)
     return masks, iou_pred

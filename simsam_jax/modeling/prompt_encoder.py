@@ -16,10 +16,19 @@ Deviations from the PyTorch reference:
     one not-a-point token is appended. It depends only on which prompt kinds
     are present, which is static under `jax.jit`, so every prompt mix of a
     given shape compiles once.
+  * The Fourier features' 2 x C/2 product is computed at `Precision.HIGHEST`
+    (true float32 on every backend; GPUs may otherwise use TF32 for float32
+    matmuls).
+
+Precision (`policy.Policy`): only the three mask-downscaling convolutions
+take the policy's dtype (float32 parameters cast at use); the positional
+encodings, the point / box / no-mask embeddings, the LayerNorms and the
+sparse embedding are float32 in every precision.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -29,6 +38,7 @@ from flax import nnx
 
 from simsam_jax.modeling.config import SamConfig
 from simsam_jax.modeling.layers import Buffer, gelu, layer_norm
+from simsam_jax.modeling.policy import Policy
 
 
 class PositionEmbeddingRandom(nnx.Module):
@@ -46,7 +56,8 @@ class PositionEmbeddingRandom(nnx.Module):
   def encode(self, coords: jax.Array) -> jax.Array:
     """coords: (..., 2) float in [0, 1] (x, y). Returns (..., C) = [sin, cos]."""
     coords = 2.0 * coords - 1.0
-    coords = coords @ self.gaussian_matrix[...]
+    coords = jnp.matmul(coords, self.gaussian_matrix[...],
+                        precision=jax.lax.Precision.HIGHEST)
     coords = 2.0 * math.pi * coords
     return jnp.concatenate([jnp.sin(coords), jnp.cos(coords)], axis=-1)
 
@@ -73,10 +84,12 @@ class PromptEncoder(nnx.Module):
       None for the learned no-mask embedding.
   Returns:
     sparse: (T, C) with T = N (+1 padding token if no box) (+2 if a box).
-    dense: (G, G, C), G = config.image_embedding_size.
+    dense: (G, G, C), G = config.image_embedding_size: float32 (the no-mask
+      embedding) or, from a mask, in the policy's dtype.
   """
 
-  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs,
+               policy: Policy = Policy()):
     c = config.prompt_embed_dim
     self.image_size = config.image_size
     self.grid_size = config.image_embedding_size
@@ -88,13 +101,15 @@ class PromptEncoder(nnx.Module):
     self.not_a_point_embed = nnx.Embed(1, c, embedding_init=init, rngs=rngs)
     self.no_mask_embed = nnx.Embed(1, c, embedding_init=init, rngs=rngs)
     m = config.mask_in_chans
-    self.mask_conv1 = nnx.Conv(1, m // 4, kernel_size=(2, 2), strides=(2, 2),
-                               padding="VALID", rngs=rngs)
+    conv = functools.partial(nnx.Conv, dtype=policy.dtype,
+                             param_dtype=policy.param_dtype, rngs=rngs)
+    self.mask_conv1 = conv(1, m // 4, kernel_size=(2, 2), strides=(2, 2),
+                           padding="VALID")
     self.mask_norm1 = layer_norm(m // 4, 1e-6, rngs)
-    self.mask_conv2 = nnx.Conv(m // 4, m, kernel_size=(2, 2), strides=(2, 2),
-                               padding="VALID", rngs=rngs)
+    self.mask_conv2 = conv(m // 4, m, kernel_size=(2, 2), strides=(2, 2),
+                           padding="VALID")
     self.mask_norm2 = layer_norm(m, 1e-6, rngs)
-    self.mask_conv3 = nnx.Conv(m, c, kernel_size=(1, 1), rngs=rngs)
+    self.mask_conv3 = conv(m, c, kernel_size=(1, 1))
 
   def dense_positional_encoding(self) -> jax.Array:
     """(G, G, C) positional encoding of the image embedding grid."""

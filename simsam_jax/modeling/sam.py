@@ -10,6 +10,15 @@ Two entry points that jit separately:
 `make_sam_functions` returns `jax.jit` compiled versions that take the model's
 split state as an argument (never as a static argument).
 
+Precision and attention implementation are run options (`policy.Policy`),
+not architecture: `Sam(config, rngs=..., dtype="bfloat16")`,
+`build_sam(..., dtype=...)`, `make_sam_functions(model, dtype=...)` and
+`with_policy(model, dtype=..., attention_impl=...)` choose them; parameters
+are float32 in every precision and cast to the compute dtype where they are
+used (inside the jitted programs, so weights stay float32 in memory). The
+image embeddings, low-resolution logits and IoU predictions returned are
+float32 in every precision. See `policy` for what runs in which dtype.
+
 Deviations from the PyTorch reference (see also each part's module):
   * NHWC image embeddings (B, G, G, C) instead of NCHW.
   * `Sam` holds no pixel mean/std buffers; normalisation lives in
@@ -20,6 +29,7 @@ Deviations from the PyTorch reference (see also each part's module):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -29,17 +39,25 @@ from flax import nnx
 from simsam_jax.modeling.config import SamConfig
 from simsam_jax.modeling.image_encoder import ImageEncoder
 from simsam_jax.modeling.mask_decoder import MaskDecoder
+from simsam_jax.modeling.policy import DTypeLike, Policy, make_policy
 from simsam_jax.modeling.prompt_encoder import PromptEncoder
 
 
 class Sam(nnx.Module):
-  """SAM in Flax NNX. Build with `Sam(config, rngs=nnx.Rngs(seed))`."""
+  """SAM in Flax NNX. Build with `Sam(config, rngs=nnx.Rngs(seed))`.
 
-  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+  `dtype` ("float32" default, "bfloat16") is the compute precision and
+  `attention_impl` ("xla" default, "cudnn") the implementation of
+  `jax.nn.dot_product_attention`; parameters are float32 either way.
+  """
+
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs,
+               dtype: DTypeLike = "float32", attention_impl: str = "xla"):
     self.config = config
-    self.image_encoder = ImageEncoder(config, rngs=rngs)
-    self.prompt_encoder = PromptEncoder(config, rngs=rngs)
-    self.mask_decoder = MaskDecoder(config, rngs=rngs)
+    self.policy = Policy(dtype, attention_impl)
+    self.image_encoder = ImageEncoder(config, rngs=rngs, policy=self.policy)
+    self.prompt_encoder = PromptEncoder(config, rngs=rngs, policy=self.policy)
+    self.mask_decoder = MaskDecoder(config, rngs=rngs, policy=self.policy)
 
   def encode_image(self, pixels: jax.Array) -> jax.Array:
     """Image embeddings.
@@ -48,7 +66,8 @@ class Sam(nnx.Module):
       pixels: (B, S, S, 3) float32, S = config.image_size: resized, normalised
         with SAM's pixel mean/std and zero-padded (`processing.preprocess`).
     Returns:
-      (B, G, G, C) float32, G = S // patch_size, C = prompt_embed_dim.
+      (B, G, G, C) float32 in every precision, G = S // patch_size,
+      C = prompt_embed_dim.
     """
     s = self.config.image_size
     if pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
@@ -137,9 +156,20 @@ class SamFunctions:
   decode: Callable
 
 
-def make_sam_functions(model: Sam) -> tuple[SamFunctions, nnx.State]:
-  """Splits `model` once and returns jitted entry points and its state."""
-  graphdef, state = nnx.split(model)
+def make_sam_functions(model: Sam, *, dtype: Optional[DTypeLike] = None,
+                       attention_impl: Optional[str] = None
+                       ) -> tuple[SamFunctions, nnx.State]:
+  """Splits `model` once and returns jitted entry points and its state.
+
+  Args:
+    model: a SAM (its arrays are shared, not copied).
+    dtype: compute precision of the functions ("float32" / "bfloat16" or the
+      dtype); None keeps the model's.
+    attention_impl: "xla" / "cudnn"; None keeps the model's.
+  Raises:
+    ValueError naming an unknown precision or attention implementation.
+  """
+  graphdef, state = nnx.split(with_policy(model, dtype, attention_impl))
 
   def encode(state, pixels):
     return nnx.merge(graphdef, state).encode_image(pixels)
@@ -157,16 +187,59 @@ def make_sam_functions(model: Sam) -> tuple[SamFunctions, nnx.State]:
   ), state
 
 
-def build_sam(config: SamConfig, seed: int = 0) -> Sam:
+def with_policy(model: Sam, dtype: Optional[DTypeLike] = None,
+                attention_impl: Optional[str] = None) -> Sam:
+  """`model` computing in `dtype` with `attention_impl`, same arrays.
+
+  Returns `model` itself when nothing changes; otherwise a new `Sam` whose
+  parameters are the same (float32) arrays, not copies. None keeps the
+  model's setting.
+
+  Raises:
+    ValueError naming an unknown precision or attention implementation, or
+    an unusable combination (`policy.make_policy`).
+  """
+  policy = make_policy(dtype, attention_impl, base=model.policy)
+  if policy == model.policy:
+    return model
+  _, state = nnx.split(model)
+  return nnx.merge(split_abstract_sam(model.config, policy)[0], state)
+
+
+def split_abstract_sam(config: SamConfig, policy: Policy = Policy()
+                       ) -> tuple[nnx.GraphDef, nnx.State]:
+  """`nnx.split(abstract_sam(...))`, built once per (config, policy).
+
+  Returns the graph definition and a fresh copy of the abstract state
+  (`jax.ShapeDtypeStruct` leaves, float32), which the caller may fill with
+  `nnx.replace_by_pure_dict`.
+  """
+  graphdef, state = _split_abstract_sam(config, policy)
+  return graphdef, jax.tree.map(lambda leaf: leaf, state)
+
+
+@functools.lru_cache(maxsize=None)
+def _split_abstract_sam(config: SamConfig, policy: Policy):
+  return nnx.split(abstract_sam(config, dtype=policy.precision,
+                                attention_impl=policy.attention_impl))
+
+
+def build_sam(config: SamConfig, seed: int = 0, *, dtype: DTypeLike = "float32",
+              attention_impl: str = "xla") -> Sam:
   """A SAM with random weights (real weights come from a checkpoint).
 
   Fills the abstract model from one numpy generator, which is much faster
   than running each flax initialiser eagerly (one small compilation per
   tensor): kernels N(0, 1/fan_in), biases 0, LayerNorm scales 1, embeddings
   and the Fourier matrix N(0, 1), position tables N(0, 0.02^2). The same
-  `(config, seed)` always gives the same weights.
+  `(config, seed)` always gives the same weights, float32 whatever the
+  compute `dtype` ("float32" / "bfloat16") and `attention_impl` ("xla" /
+  "cudnn"; see `policy`).
+
+  Raises:
+    ValueError naming an unknown precision or attention implementation.
   """
-  graphdef, state = nnx.split(abstract_sam(config))
+  graphdef, state = split_abstract_sam(config, make_policy(dtype, attention_impl))
   rng = np.random.default_rng(seed)
   pure = nnx.to_pure_dict(state)
 
@@ -188,6 +261,11 @@ def build_sam(config: SamConfig, seed: int = 0) -> Sam:
   return nnx.merge(graphdef, state)
 
 
-def abstract_sam(config: SamConfig) -> Sam:
-  """SAM with `jax.ShapeDtypeStruct` leaves, for shape checks and restoring."""
-  return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+def abstract_sam(config: SamConfig, *, dtype: DTypeLike = "float32",
+                 attention_impl: str = "xla") -> Sam:
+  """SAM with `jax.ShapeDtypeStruct` leaves, for shape checks and restoring.
+
+  The leaves are float32 whatever the compute `dtype`.
+  """
+  return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0), dtype=dtype,
+                                    attention_impl=attention_impl))

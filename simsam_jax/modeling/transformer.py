@@ -8,16 +8,25 @@ Deviations from the PyTorch reference:
   * The epsilon of the LayerNorms in the attention blocks is a config field
     (`transformer_layer_norm_eps`): 1e-5 in the official code, 1e-6 in
     Hugging Face's port; the converter picks the source implementation's.
+  * Attention goes through `jax.nn.dot_product_attention` (`layers.attend`;
+    XLA's fused attention or cuDNN's with `attention_impl="cudnn"`) instead of
+    explicit matmuls and softmax; the logits are scaled after QK^T, as the
+    reference does.
+
+Precision (`policy.Policy`): the q / k / v / out projections, QK^T, PV and
+the MLP take the policy's dtype (float32 parameters cast at use); the token
+and image-feature streams, LayerNorms, attention logits and softmax stay
+float32.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from simsam_jax.modeling.config import SamConfig
-from simsam_jax.modeling.layers import MLPBlock, layer_norm, torch_like_linear
+from simsam_jax.modeling.layers import MLPBlock, attend, layer_norm, torch_like_linear
+from simsam_jax.modeling.policy import Policy
 
 
 class Attention(nnx.Module):
@@ -26,17 +35,18 @@ class Attention(nnx.Module):
   Args of `__call__`:
     q: (Nq, C), k: (Nk, C), v: (Nk, C) float.
   Returns:
-    (Nq, C).
+    (Nq, C) in the policy's dtype.
   """
 
   def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, policy: Policy):
     internal = dim // downsample_rate
     self.num_heads = num_heads
-    self.q_proj = torch_like_linear(dim, internal, rngs)
-    self.k_proj = torch_like_linear(dim, internal, rngs)
-    self.v_proj = torch_like_linear(dim, internal, rngs)
-    self.out_proj = torch_like_linear(internal, dim, rngs)
+    self.policy = policy
+    self.q_proj = torch_like_linear(dim, internal, rngs, policy)
+    self.k_proj = torch_like_linear(dim, internal, rngs, policy)
+    self.v_proj = torch_like_linear(dim, internal, rngs, policy)
+    self.out_proj = torch_like_linear(internal, dim, rngs, policy)
 
   def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
@@ -44,10 +54,7 @@ class Attention(nnx.Module):
     q = q.reshape(q.shape[0], n, -1)
     k = k.reshape(k.shape[0], n, -1)
     v = v.reshape(v.shape[0], n, -1)
-    logits = jnp.einsum("qnd,knd->nqk", q, k) / jnp.sqrt(
-        jnp.asarray(q.shape[-1], q.dtype))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("nqk,knd->qnd", probs, v)
+    out = attend(q, k, v, self.policy)
     return self.out_proj(out.reshape(out.shape[0], -1))
 
 
@@ -62,18 +69,21 @@ class TwoWayAttentionBlock(nnx.Module):
   """
 
   def __init__(self, config: SamConfig, skip_first_layer_pe: bool, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, policy: Policy):
     c, eps = config.prompt_embed_dim, config.transformer_layer_norm_eps
     heads, rate = config.decoder_num_heads, config.attention_downsample_rate
     self.skip_first_layer_pe = skip_first_layer_pe
-    self.self_attn = Attention(c, heads, 1, rngs=rngs)
+    self.self_attn = Attention(c, heads, 1, rngs=rngs, policy=policy)
     self.norm1 = layer_norm(c, eps, rngs)
-    self.cross_attn_token_to_image = Attention(c, heads, rate, rngs=rngs)
+    self.cross_attn_token_to_image = Attention(c, heads, rate, rngs=rngs,
+                                               policy=policy)
     self.norm2 = layer_norm(c, eps, rngs)
-    self.mlp = MLPBlock(c, config.decoder_mlp_dim, jax.nn.relu, rngs=rngs)
+    self.mlp = MLPBlock(c, config.decoder_mlp_dim, jax.nn.relu, rngs=rngs,
+                        policy=policy)
     self.norm3 = layer_norm(c, eps, rngs)
     self.norm4 = layer_norm(c, eps, rngs)
-    self.cross_attn_image_to_token = Attention(c, heads, rate, rngs=rngs)
+    self.cross_attn_image_to_token = Attention(c, heads, rate, rngs=rngs,
+                                               policy=policy)
 
   def __call__(self, queries, keys, query_pe, key_pe):
     if self.skip_first_layer_pe:
@@ -101,14 +111,16 @@ class TwoWayTransformer(nnx.Module):
     tokens (T, C) and image features (G*G, C).
   """
 
-  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs, policy: Policy):
     c = config.prompt_embed_dim
     self.layers = nnx.List([
-        TwoWayAttentionBlock(config, skip_first_layer_pe=(i == 0), rngs=rngs)
+        TwoWayAttentionBlock(config, skip_first_layer_pe=(i == 0), rngs=rngs,
+                             policy=policy)
         for i in range(config.decoder_depth)
     ])
     self.final_attn_token_to_image = Attention(
-        c, config.decoder_num_heads, config.attention_downsample_rate, rngs=rngs)
+        c, config.decoder_num_heads, config.attention_downsample_rate, rngs=rngs,
+        policy=policy)
     self.norm_final_attn = layer_norm(c, config.final_layer_norm_eps, rngs)
 
   def __call__(self, image_embedding, image_pe, point_embedding):

@@ -16,11 +16,19 @@
 
 The model state is a jit argument (never static), so new weights need no
 recompilation.
+
+Precision: `SimSam(model, config, dtype="bfloat16")` runs the SAM parts
+(encoder, prompt encoder, decoder) in bfloat16 with the float32 weights cast
+inside the jitted programs (`modeling.policy`); the decoder hands back
+float32 logits, so first probabilities, the error map, top-K clicks, the
+aggregation and the returned maps are float32 in every precision.
+`attention_impl` ("xla" / "cudnn") selects the attention kernel.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +37,32 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from simsam_jax import processing
-from simsam_jax.modeling.sam import Sam
+from simsam_jax.modeling.policy import DTypeLike
+from simsam_jax.modeling.sam import Sam, with_policy
 from simsam_jax.simsam import pipeline
 from simsam_jax.simsam.mask_prompts import MASK_PROMPTS
 
 
 class SimSam:
-  """SimSAM bound to one SAM model and one `SimSamConfig`."""
+  """SimSAM bound to one SAM model and one `SimSamConfig`.
 
-  def __init__(self, model: Sam, config: pipeline.SimSamConfig):
+  Args:
+    model: the SAM (its arrays are shared, not copied).
+    config: what SimSAM does.
+    dtype: compute precision of the SAM parts, "float32" / "bfloat16" (or the
+      dtype); None keeps the model's (`model.policy`).
+    attention_impl: "xla" / "cudnn"; None keeps the model's.
+  Raises:
+    ValueError naming a bad config field, an unknown precision or attention
+    implementation.
+  """
+
+  def __init__(self, model: Sam, config: pipeline.SimSamConfig, *,
+               dtype: Optional[DTypeLike] = None,
+               attention_impl: Optional[str] = None):
     self.config = config.validate()
+    model = with_policy(model, dtype, attention_impl)
+    self.policy = model.policy
     self.graphdef, self.state = nnx.split(model)
     self.model_config = model.config
     graphdef = self.graphdef

@@ -16,6 +16,11 @@ Data flow for one image (paper Sec. 2; SPEC "published protocol"):
    logits (paper: medoid by mean pairwise IoU, NaN IoU -> 0, first index on
    ties); plus the agreement map and the confidence.
 
+Precision: SAM's decoder returns float32 low-resolution logits and IoU
+predictions whatever the model's compute precision (`modeling.policy`), so
+every step here (round trip, sigmoid, error map, top-K, aggregation, maps)
+runs in float32 in every precision.
+
 Every function is jit- and vmap-safe with static shapes per (image size, K);
 nothing leaves the device between stages. `SimSamConfig` names the
 strategies; the defaults are the paper's.
