@@ -42,6 +42,10 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   # "" (one process), "auto" (jax.distributed.initialize() detects Cloud TPU
   # pods, SLURM, Open MPI, Kubernetes) or "HOST:PORT,NUM_PROCESSES,PROCESS_ID".
   c.distributed = ""
+  # Images per compiled step, sharded over the local devices (a multiple of
+  # their number); 0: automatic (8 per device on GPU/TPU, 1 per device on
+  # CPU). Results do not depend on it.
+  c.batch_size = 0
   if "runlocal" in parts:
     c.checkpoint = "random:tiny_1024"
     c.k = 4
