@@ -5,7 +5,17 @@ r"""Evaluates SAM, SimSAM and ablations on a dataset: Table 1 in one command.
       --config.data_dir=~/tensorflow_datasets --config.manual_dir=~/data/busi \
       --config.checkpoint=checkpoints/sam_vit_b --config.methods=sam,simsam,random,pixel_mean,k1
 
-Every image is encoded once; every requested method runs on that embedding.
+Images go through `simsam_jax.evaluation.runner` `config.batch_size` at a
+time (default 0: 8 per local device on GPU/TPU, 1 per device on CPU): ONE
+compiled program per batch encodes the images once and runs SAM and every
+requested method on the embeddings (vmapped over images, sharded over the
+local devices), with DSC and IoU on the device; only masks and scalars come
+back. Meanwhile `grain` threads prepare the next images and a thread pool
+computes NSD and writes rows, masks and figures. The program compiles once
+per (batch shape, image size, K, method set): once per run in the `paper`
+protocol, once per distinct image size in the `native` protocol (images are
+batched by size). Rows do not depend on the batch size.
+
 Outputs in `--workdir`:
 
 * `config.json`: the configuration of the run. Re-running with the same
@@ -13,8 +23,10 @@ Outputs in `--workdir`:
   checkpoint, protocol, K, seed, ...) is refused before any work.
 * `per_image.csv`: one row per image x method (id, split, file names, DSC,
   IoU, NSD, confidence, chosen index, foreground fraction), appended and
-  flushed image by image: an interrupted run loses nothing written, and a
-  re-run computes only the missing rows.
+  flushed image by image as each batch finishes: an interrupted run loses
+  nothing written, and a re-run computes only the missing rows (in the
+  `native` protocol rows are appended in the order their size-batches
+  finish; the merged file of a sharded run is sorted by id).
 * `results.json`: per method mean / population std / n of each metric, the
   Wilcoxon signed-rank test and paired bootstrap CI of every method vs SAM,
   the empty-mask policy, skipped files, the config, software versions and the
