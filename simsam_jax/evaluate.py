@@ -66,6 +66,7 @@ import math
 import os
 import platform
 import sys
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -493,35 +494,39 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       in_flight.append(pool.submit(host_work, item, result))
     write_finished(wait_until=4 * batch_size)
 
-  try:
-    loader = runner_lib.prefetch(
-        work, lambda example: protocols.prepare(example, protocol, config.dataset),
-        runner.image_size, int(config.seed), buffer_size=2 * batch_size)
-    for batch in runner_lib.batches(loader, batch_size):
-      if isinstance(batch, runner_lib.Item):  # preparing failed
-        example = batch.example
-        if config.on_bad_example != "skip":
-          raise EvaluationError(f"{example.get('image_file', example['id'])}: {batch.error}")
-        bad.append({"id": example["id"], "file": example.get("image_file"),
-                    "reason": batch.error})
-        if bar is not None:
-          bar.update(1)
-        continue
-      # The next batch goes to the device before the previous one is fetched:
-      # the host finishes one batch while the device computes the next.
-      dispatched.append((batch, runner.dispatch(batch)))
-      if len(dispatched) > 1:
+  # `metrics.nsd` scopes its warning filters with `warnings.catch_warnings`,
+  # which is not thread-safe: the pool's threads may leave filters behind.
+  # This outer scope restores the process's filters once the pool is done.
+  with warnings.catch_warnings():
+    try:
+      loader = runner_lib.prefetch(
+          work, lambda example: protocols.prepare(example, protocol, config.dataset),
+          runner.image_size, int(config.seed), buffer_size=2 * batch_size)
+      for batch in runner_lib.batches(loader, batch_size):
+        if isinstance(batch, runner_lib.Item):  # preparing failed
+          example = batch.example
+          if config.on_bad_example != "skip":
+            raise EvaluationError(f"{example.get('image_file', example['id'])}: {batch.error}")
+          bad.append({"id": example["id"], "file": example.get("image_file"),
+                      "reason": batch.error})
+          if bar is not None:
+            bar.update(1)
+          continue
+        # The next batch goes to the device before the previous one is fetched:
+        # the host finishes one batch while the device computes the next.
+        dispatched.append((batch, runner.dispatch(batch)))
+        if len(dispatched) > 1:
+          fetch_oldest()
+      while dispatched:
         fetch_oldest()
-    while dispatched:
-      fetch_oldest()
-    write_finished(wait_until=0)
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-    writer.close()
-    if bar is not None:
-      bar.close()
-    if skipped_path is not None:
-      write_atomic(skipped_path, json.dumps(bad, indent=1))
+      write_finished(wait_until=0)
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+      writer.close()
+      if bar is not None:
+        bar.close()
+      if skipped_path is not None:
+        write_atomic(skipped_path, json.dumps(bad, indent=1))
 
   if num_shards > 1 or os.path.isdir(os.path.join(workdir, "shards")):
     rows = merged_rows(workdir)

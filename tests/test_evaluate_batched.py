@@ -215,3 +215,16 @@ def test_cli_refuses_a_batch_not_divisible_by_the_devices(data_dir, tmp_path):
   assert "--config.batch_size=6 is not a multiple of the 4 local devices" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not workdir.exists() and not (tmp_path / "tfds").exists()
+
+
+def test_batches_group_images_by_size():
+  """The `native` protocol: one batch shape per image size, failed items
+  passed on alone, in order; leftovers at the end, one batch per size."""
+  from simsam_jax.processing import ImageInfo
+  a, b = ImageInfo((300, 200), (1024, 683), 1024), ImageInfo((200, 300), (683, 1024), 1024)
+  items = [runner_lib.Item(example={"id": str(n)}, info=info, error=error)
+           for n, (info, error) in enumerate([(a, ""), (b, ""), (a, ""), (None, "bad"),
+                                              (a, ""), (b, ""), (a, "")])]
+  out = [[i.example["id"] for i in x] if isinstance(x, list) else x.error
+         for x in runner_lib.batches(items, 3)]
+  assert out == ["bad", ["0", "2", "4"], ["1", "5"], ["6"]]
