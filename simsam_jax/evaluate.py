@@ -14,7 +14,9 @@ back. Meanwhile `grain` threads prepare the next images and a thread pool
 computes NSD and writes rows, masks and figures. The program compiles once
 per (batch shape, image size, K, method set): once per run in the `paper`
 protocol, once per distinct image size in the `native` protocol (images are
-batched by size). Rows do not depend on the batch size.
+batched by size). With one image per device, rows equal a batch-1 run's;
+with several, float rounding inside batched ops can flip near-ties (see
+`simsam_jax.evaluation.runner`).
 
 Outputs in `--workdir`:
 

@@ -44,7 +44,8 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   c.distributed = ""
   # Images per compiled step, sharded over the local devices (a multiple of
   # their number); 0: automatic (8 per device on GPU/TPU, 1 per device on
-  # CPU). Results do not depend on it.
+  # CPU). With one image per device, rows equal a batch-1 run's; see
+  # simsam_jax.evaluation.runner for more per device.
   c.batch_size = 0
   if "runlocal" in parts:
     c.checkpoint = "random:tiny_1024"

@@ -29,6 +29,13 @@ Deviations from the one-image path (`SimSam.run_from_embedding`), each
 deliberate:
   * The SAM mask is `low_res_to_original(first_low) > 0` of the shared first
     stage; SimSAM's `sam_mask` is the same computation.
+  * With several images per device, XLA runs the batched (vmapped) ops at
+    other shapes than a one-image run and may sum in another order: logits
+    can differ in their last bits, and a near-tie (a top-K click, the chosen
+    candidate) can then go the other way. With one image per device (batch
+    size = device count) the per-device program has the one-image shapes and
+    rows equal a batch-1 run's (tested with 4 devices). On the CPU demo
+    (24 images, 6 methods) batch 4 on one device changed 4 of 144 rows' masks.
   * DSC and IoU are computed on the device, in float32 from exact int32 pixel
     counts (within 1e-7 of `metrics.dice` / `metrics.iou`, which divide in
     float64), with the same empty-mask policy. NSD (`surface_distance`) stays
