@@ -51,6 +51,7 @@ import os
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,8 +127,6 @@ def prefetch(entries: Sequence[tuple[dict, Any]], prepare: Callable[[dict], Any]
   `prepare(example) -> PreparedExample` may raise ValueError (or a
   `DatasetError`); the item then carries the message in `error`.
   """
-  import grain  # pylint: disable=import-outside-toplevel
-
   def load(entry) -> Item:
     example, extra = entry
     item = Item(example=example, extra=extra)
