@@ -497,9 +497,12 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     write_finished(wait_until=4 * batch_size)
 
   # `metrics.nsd` scopes its warning filters with `warnings.catch_warnings`,
-  # which is not thread-safe: the pool's threads may leave filters behind.
-  # This outer scope restores the process's filters once the pool is done.
+  # which is not thread-safe: one thread may restore filters while another
+  # is inside `surface_distance`. The same deprecations are ignored here for
+  # the whole pool, and the process's filters come back once it is done.
   with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=DeprecationWarning,
+                            module=r"surface_distance")
     try:
       loader = runner_lib.prefetch(
           work, lambda example: protocols.prepare(example, protocol, config.dataset),
