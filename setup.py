@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     # Datasets (TFDS builders without TensorFlow: array_record files).
     "tensorflow-datasets",
     "array-record",
+    # Prefetching loader of the evaluation (decoding and resizing overlap the device).
+    "grain",
     # The paper's CVC-ClinicDB protocol resizes with OpenCV.
     "opencv-python-headless",
     # NSD exactly as DeepMind's reference implementation computes it.

@@ -5,7 +5,19 @@ r"""Evaluates SAM, SimSAM and ablations on a dataset: Table 1 in one command.
       --config.data_dir=~/tensorflow_datasets --config.manual_dir=~/data/busi \
       --config.checkpoint=checkpoints/sam_vit_b --config.methods=sam,simsam,random,pixel_mean,k1
 
-Every image is encoded once; every requested method runs on that embedding.
+Images go through `simsam_jax.evaluation.runner` `config.batch_size` at a
+time (default 0: 8 per local device on GPU/TPU, 1 per device on CPU): ONE
+compiled program per batch encodes the images once and runs SAM and every
+requested method on the embeddings (vmapped over images, sharded over the
+local devices), with DSC and IoU on the device; only masks and scalars come
+back. Meanwhile `grain` threads prepare the next images and a thread pool
+computes NSD and writes rows, masks and figures. The program compiles once
+per (batch shape, image size, K, method set): once per run in the `paper`
+protocol, once per distinct image size in the `native` protocol (images are
+batched by size). With one image per device, rows equal a batch-1 run's;
+with several, float rounding inside batched ops can flip near-ties (see
+`simsam_jax.evaluation.runner`).
+
 Outputs in `--workdir`:
 
 * `config.json`: the configuration of the run. Re-running with the same
@@ -13,8 +25,10 @@ Outputs in `--workdir`:
   checkpoint, protocol, K, seed, ...) is refused before any work.
 * `per_image.csv`: one row per image x method (id, split, file names, DSC,
   IoU, NSD, confidence, chosen index, foreground fraction), appended and
-  flushed image by image: an interrupted run loses nothing written, and a
-  re-run computes only the missing rows.
+  flushed image by image as each batch finishes: an interrupted run loses
+  nothing written, and a re-run computes only the missing rows (in the
+  `native` protocol rows are appended in the order their size-batches
+  finish; the merged file of a sharded run is sorted by id).
 * `results.json`: per method mean / population std / n of each metric, the
   Wilcoxon signed-rank test and paired bootstrap CI of every method vs SAM,
   the empty-mask policy, skipped files, the config, software versions and the
@@ -42,6 +56,8 @@ configuration and the image id, so they equal a one-process run's.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import csv
 import dataclasses
 import datetime
@@ -52,25 +68,24 @@ import math
 import os
 import platform
 import sys
-import zlib
+import warnings
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from PIL import Image, ImageDraw
 
-from simsam_jax import __version__, processing
+from simsam_jax import __version__
 from simsam_jax import workdir as workdir_lib
 from simsam_jax.data import loading, protocols
 from simsam_jax.data.common import DatasetError
-from simsam_jax.evaluation import (compare_methods, compute_metrics, policy_description,
-                                   summarize)
+from simsam_jax.evaluation import compare_methods, policy_description, summarize
+from simsam_jax.evaluation import metrics as metrics_lib
+from simsam_jax.evaluation import runner as runner_lib
 from simsam_jax.evaluation.metrics import as_policy
 from simsam_jax.evaluation.methods import method_configs
-from simsam_jax.simsam import SimSam, SimSamConfig, pipeline
 
 METRICS = ("dsc", "iou", "nsd")
 CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou", "nsd",
@@ -96,53 +111,6 @@ def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = 
     return workdir_lib.load_sam_model(spec, precision, attention_impl)
   except ValueError as e:
     raise EvaluationError(str(e)) from None
-
-
-class Runner:
-  """Encodes an image once and runs every method on the embedding."""
-
-  def __init__(self, model, methods: dict[str, Optional[SimSamConfig]]):
-    self.methods = methods
-    self.engines = {name: SimSam(model, cfg) for name, cfg in methods.items()
-                    if cfg is not None}
-    self.base = SimSam(model, SimSamConfig(k=1))  # encoder and SAM-only path
-    graphdef = self.base.graphdef
-    self.state = self.base.state
-
-    def sam_only(state, embedding, box, info):
-      from flax import nnx
-      model = nnx.merge(graphdef, state)
-      box_model = pipeline.to_model_frame(box.reshape(2, 2), info).reshape(4)
-      low, iou = pipeline.first_decode(model, embedding, box_model)
-      return pipeline.low_res_to_original(low, info, low.shape[-1]) > 0, iou
-
-    self._sam_only = jax.jit(sam_only, static_argnames=("info",))
-
-  def run(self, example: protocols.PreparedExample, key: jax.Array):
-    """-> {method: dict(mask (H, W) bool, confidence, chosen, output)}."""
-    pixels, info = processing.preprocess(example.image, self.base.model_config.image_size)
-    box = jnp.asarray(example.box, jnp.float32)
-    embedding = self.base.stages.encode(self.state, jnp.asarray(pixels))
-    results = {}
-    for name, cfg in self.methods.items():
-      if cfg is None:
-        continue
-      # Only the mask and two scalars go to the host; the full output (K
-      # candidates) stays on the device for the figure, if one is drawn.
-      out = self.engines[name].run_from_embedding(
-          embedding, box, info, key=key, ground_truth=example.mask)
-      results[name] = {"mask": np.asarray(out.mask), "confidence": float(out.confidence),
-                       "chosen": int(out.chosen), "output": out}
-    if "sam" in self.methods:
-      sam_from = next((r["output"] for r in results.values()), None)
-      if sam_from is not None:
-        mask = np.asarray(sam_from.sam_mask)
-      else:
-        mask = np.asarray(self._sam_only(self.state, embedding, box, info)[0])
-      results["sam"] = {"mask": mask, "confidence": float("nan"), "chosen": -1,
-                        "output": None}
-    results["_info"] = info
-    return results
 
 
 # ----------------------------------------------------------------------------
@@ -411,9 +379,7 @@ def software_versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------
 
 
-def image_key(seed: int, example_id: str) -> jax.Array:
-  """A per-image key that depends only on (seed, id): resume-safe."""
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(example_id.encode()) & 0x7FFFFFFF)
+image_key = runner_lib.image_key  # (seed, id) -> key; resume- and batch-safe
 
 
 def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
@@ -430,6 +396,10 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   if not config.data_dir:
     raise EvaluationError("--config.data_dir is required (where the TFDS dataset is built)")
   initialize_distributed(config.distributed)
+  try:
+    batch_size = runner_lib.resolve_batch_size(config.get("batch_size", 0))
+  except ValueError as e:
+    raise EvaluationError(str(e)) from None
   shard_index, num_shards = resolve_shard(config)
   check_workdir(workdir, config)
   # Everything that can fail on bad input (checkpoint, dataset) comes before
@@ -452,7 +422,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   examples.sort(key=lambda e: e["id"])
   if not examples:
     raise EvaluationError(f"{config.dataset}: split {config.split!r} has no example")
-  runner = Runner(model, configs)
+  runner = runner_lib.BatchRunner(model, configs, batch_size, policy)
   record_config(workdir, config)
 
   csv_path, skipped_path = shard_files(workdir, shard_index, num_shards)
@@ -460,67 +430,109 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   done = {(r["id"], r["method"]) for r in rows}
   figure_ids = {e["id"] for e in examples[:int(config.num_figures)]}
   mine = examples[shard_index::num_shards]
+  work = []  # (example, (methods to compute, figure path or None))
+  for example in mine:
+    todo = [m for m in methods if (example["id"], m) not in done]
+    fig_path = os.path.join(workdir, "figures", f"{example['id']}.png")
+    want_fig = (example["id"] in figure_ids and "simsam" in configs
+                and not os.path.exists(fig_path))
+    if todo or want_fig:
+      work.append((example, (todo, fig_path if want_fig else None)))
+
+  def host_work(item: runner_lib.Item, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """NSD, CSV rows, mask PNGs and the figure of one image (thread pool)."""
+    prepared, (todo, fig_path) = item.prepared, item.extra
+    new_rows = []
+    for m in todo:
+      r = result[m]
+      nsd = metrics_lib.nsd(r["mask"], prepared.mask, float(config.nsd_tolerance),
+                            prepared.spacing, policy)
+      new_rows.append({
+          "id": prepared.id, "split": item.example.get("split", config.split),
+          "image_file": prepared.file_names[0] if prepared.file_names else "",
+          "mask_files": ";".join(prepared.file_names[1:]), "method": m,
+          "dsc": _fmt(r["dsc"]), "iou": _fmt(r["iou"]), "nsd": _fmt(nsd),
+          "confidence": _fmt(r["confidence"]), "chosen": r["chosen"],
+          "foreground": _fmt(float(r["mask"].mean()))})
+      if config.save_masks:
+        write_atomic(os.path.join(workdir, "masks", m, f"{prepared.id}.png"),
+                     _png_bytes(Image.fromarray(r["mask"].astype(np.uint8) * 255)))
+    if fig_path is not None:
+      masks = result[runner_lib.FIGURE]
+      write_atomic(fig_path, _png_bytes(figure(prepared, masks["sam"], result["simsam"]["mask"],
+                                               masks["union"])))
+    return new_rows
+
   writer = RowWriter(csv_path)
   bad = []
-  try:
-    iterator = mine
-    bar = None
-    if progress:
-      from tqdm import tqdm
-      shard = f" shard {shard_index}/{num_shards}" if num_shards > 1 else ""
-      bar = iterator = tqdm(mine, desc=f"{config.dataset}/{config.split}{shard}", unit="img")
-    for example in iterator:
-      todo = [m for m in methods if (example["id"], m) not in done]
-      fig_path = os.path.join(workdir, "figures", f"{example['id']}.png")
-      want_fig = (example["id"] in figure_ids and "simsam" in configs
-                  and not os.path.exists(fig_path))
-      if not todo and not want_fig:
-        continue
-      try:
-        prepared = protocols.prepare(example, protocol, config.dataset)
-      except (ValueError, DatasetError) as e:
-        if config.on_bad_example != "skip":
-          raise EvaluationError(f"{example.get('image_file', example['id'])}: {e}") from None
-        bad.append({"id": example["id"], "file": example.get("image_file"), "reason": str(e)})
-        continue
-      results = runner.run(prepared, image_key(int(config.seed), prepared.id))
-      new_rows = []
-      for m in todo:
-        r = results[m]
-        metrics = compute_metrics(r["mask"], prepared.mask, tolerance=float(config.nsd_tolerance),
-                                  spacing=prepared.spacing, policy=policy)
-        new_rows.append({
-            "id": prepared.id, "split": example.get("split", config.split),
-            "image_file": prepared.file_names[0] if prepared.file_names else "",
-            "mask_files": ";".join(prepared.file_names[1:]), "method": m,
-            **{k: _fmt(metrics[k]) for k in METRICS},
-            "confidence": _fmt(r["confidence"]), "chosen": r["chosen"],
-            "foreground": _fmt(float(r["mask"].mean()))})
-        if config.save_masks:
-          write_atomic(os.path.join(workdir, "masks", m, f"{prepared.id}.png"),
-                       _png_bytes(Image.fromarray(r["mask"].astype(np.uint8) * 255)))
-      if want_fig:
-        out = results["simsam"]["output"]
-        union = np.asarray(pipeline.low_res_to_original(
-            (out.candidate_logits > 0).any(0).astype(jnp.float32) - 0.5,
-            results["_info"], out.candidate_logits.shape[-1])) > 0
-        sam_mask = np.asarray(out.sam_mask)
-        write_atomic(fig_path, _png_bytes(figure(prepared, sam_mask,
-                                                 results["simsam"]["mask"], union)))
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    shard = f" shard {shard_index}/{num_shards}" if num_shards > 1 else ""
+    bar = tqdm(total=len(work), desc=f"{config.dataset}/{config.split}{shard}", unit="img")
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)))
+  in_flight = collections.deque()  # futures of host work, written in order
+  dispatched = collections.deque()  # batches on the device, not fetched yet
+
+  def write_finished(wait_until: int) -> None:
+    """Writes rows of finished host work, waiting while more than
+    `wait_until` images are in flight."""
+    while in_flight and (in_flight[0].done() or len(in_flight) > wait_until):
+      new_rows = in_flight.popleft().result()
       writer.write(new_rows)
       rows.extend({k: str(v) for k, v in row.items()} for row in new_rows)
       done.update((row["id"], row["method"]) for row in new_rows)
       if bar is not None:
+        bar.update(1)
         means = {}
         for m in ("sam", "simsam"):
           vals = [float(r["nsd"]) for r in rows if r["method"] == m and r["nsd"] != "nan"]
           if vals:
             means[f"{m}_nsd"] = f"{100 * np.mean(vals):.1f}"
         bar.set_postfix(means)
-  finally:
-    writer.close()
-    if skipped_path is not None:
-      write_atomic(skipped_path, json.dumps(bad, indent=1))
+
+  def fetch_oldest() -> None:
+    items, handle = dispatched.popleft()
+    for item, result in zip(items, runner.fetch(handle)):
+      in_flight.append(pool.submit(host_work, item, result))
+    write_finished(wait_until=4 * batch_size)
+
+  # `metrics.nsd` scopes its warning filters with `warnings.catch_warnings`,
+  # which is not thread-safe: one thread may restore filters while another
+  # is inside `surface_distance`. The same deprecations are ignored here for
+  # the whole pool, and the process's filters come back once it is done.
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=DeprecationWarning,
+                            module=r"surface_distance")
+    try:
+      loader = runner_lib.prefetch(
+          work, lambda example: protocols.prepare(example, protocol, config.dataset),
+          runner.image_size, int(config.seed), buffer_size=2 * batch_size)
+      for batch in runner_lib.batches(loader, batch_size):
+        if isinstance(batch, runner_lib.Item):  # preparing failed
+          example = batch.example
+          if config.on_bad_example != "skip":
+            raise EvaluationError(f"{example.get('image_file', example['id'])}: {batch.error}")
+          bad.append({"id": example["id"], "file": example.get("image_file"),
+                      "reason": batch.error})
+          if bar is not None:
+            bar.update(1)
+          continue
+        # The next batch goes to the device before the previous one is fetched:
+        # the host finishes one batch while the device computes the next.
+        dispatched.append((batch, runner.dispatch(batch)))
+        if len(dispatched) > 1:
+          fetch_oldest()
+      while dispatched:
+        fetch_oldest()
+      write_finished(wait_until=0)
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+      writer.close()
+      if bar is not None:
+        bar.close()
+      if skipped_path is not None:
+        write_atomic(skipped_path, json.dumps(bad, indent=1))
 
   if num_shards > 1 or os.path.isdir(os.path.join(workdir, "shards")):
     rows = merged_rows(workdir)

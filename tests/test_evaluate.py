@@ -95,9 +95,9 @@ def test_resume_recomputes_only_missing_rows(first_run, dataset, monkeypatch):
     # A torn line, as if the process was killed mid-write.
     f.write("malignant_7,all,x.png,y.png,simsam,0.5")
   calls = []
-  original = ev.Runner.run
-  monkeypatch.setattr(ev.Runner, "run", lambda self, ex, key: calls.append(ex.id) or
-                      original(self, ex, key))
+  original = ev.runner_lib.BatchRunner.dispatch
+  monkeypatch.setattr(ev.runner_lib.BatchRunner, "dispatch", lambda self, items: calls.extend(
+      i.prepared.id for i in items) or original(self, items))
   ev.evaluate(config, workdir, progress=False)
   assert calls == ["malignant_2"]
   again = _rows(workdir)

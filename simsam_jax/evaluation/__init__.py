@@ -5,8 +5,12 @@
   `EmptyMaskPolicy` for empty masks.
 * `simsam_jax.evaluation.statistics`: nan-aware mean +- population std,
   Wilcoxon signed-rank tests and paired bootstrap intervals between methods.
+* `simsam_jax.evaluation.runner`: the batched, device-sharded program that
+  runs SAM and every SimSAM variant on batches of images (`BatchRunner`),
+  the prefetching loader and the batch-size rule of `--config.batch_size`.
 
-numpy / scipy only; nothing here imports JAX.
+The package itself (metrics, statistics) is numpy / scipy only and does not
+import JAX; import `runner` explicitly.
 """
 
 from simsam_jax.evaluation.metrics import (BOTH_EMPTY_IS_ONE, DEFAULT_POLICY,

@@ -48,6 +48,11 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   # attention kernel, "xla" or "cudnn" (CUDA GPU with bfloat16 only).
   c.precision = "float32"
   c.attention_impl = "xla"
+  # Images per compiled step, sharded over the local devices (a multiple of
+  # their number); 0: automatic (8 per device on GPU/TPU, 1 per device on
+  # CPU). With one image per device, rows equal a batch-1 run's; see
+  # simsam_jax.evaluation.runner for more per device.
+  c.batch_size = 0
   if "runlocal" in parts:
     c.checkpoint = "random:tiny_1024"
     c.k = 4

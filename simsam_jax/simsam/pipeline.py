@@ -233,9 +233,37 @@ def simsam_from_embedding(model: Sam, embedding: jax.Array, box: jax.Array,
     key: `jax.random` key for stochastic strategies.
     ground_truth: (H, W) bool, only for the `oracle` click strategy.
   """
+  first_low, first_iou = box_only(model, embedding, box, info)
+  return simsam_after_first(model, embedding, box, info, config, key, first_low,
+                            first_iou, ground_truth)
+
+
+def box_only(model: Sam, embedding: jax.Array, box: jax.Array,
+             info: processing.ImageInfo):
+  """The SAM baseline (first stage): box in original pixels -> `first_decode`.
+
+  Args:
+    embedding: (G, G, C) float32; box: (4,) float32 (x0, y0, x1, y1) original
+      pixels.
+  Returns:
+    low-res logits (M, M) float32 and the IoU prediction () float32.
+  """
+  box_model = to_model_frame(box.reshape(2, 2), info).reshape(4)
+  return first_decode(model, embedding, box_model)
+
+
+def simsam_after_first(model: Sam, embedding: jax.Array, box: jax.Array,
+                       info: processing.ImageInfo, config: SimSamConfig,
+                       key: jax.Array, first_low: jax.Array, first_iou: jax.Array,
+                       ground_truth: Optional[jax.Array] = None) -> SimSamOutput:
+  """`simsam_from_embedding` after the first stage (`box_only`), so that
+  several SimSAM variants on one image share one box-only decode.
+
+  Args: as `simsam_from_embedding`, plus first_low (M, M) float32 and
+    first_iou () float32 from `box_only`.
+  """
   m = model.config.mask_input_size
   box_model = to_model_frame(box.reshape(2, 2), info).reshape(4)
-  first_low, first_iou = first_decode(model, embedding, box_model)
   probs = first_probabilities(first_low, info)
   binary = probs > 0.5
   clicks, labels = simulate_clicks(probs, config, key, ground_truth, box)
