@@ -25,7 +25,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 if [ -n "${SMOKE:-}" ]; then
-  b=tiny_1024; h=tiny_1024; ks=1,3; big_ks=1,3; batch=2; n=4; reps=1; size=61
+  b=tiny; h=tiny; ks=1,2; big_ks=2; batch=2; n=4; reps=1; size=61
 else
   b=vit_b; h=vit_h; ks=1,50,200; big_ks=50; batch=16; n=128; reps=20; size=256
 fi

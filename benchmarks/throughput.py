@@ -3,8 +3,10 @@ r"""Evaluation throughput: SAM + SimSAM over N generated images, batched.
   python benchmarks/throughput.py                              # vit_b, N=64, B=16, K=50
   python benchmarks/throughput.py --preset=tiny_1024 --num_images=8 --batch=4 --ks=3
 
-Not a test: times a full evaluation-equivalent pass (host decoding and SAM
-pre-processing, SAM and SimSAM on the device, DSC / IoU / NSD on the host)
+Not a test: times a full evaluation-equivalent pass through the evaluation's
+own batch runner (`simsam_jax.evaluation.runner`: SAM pre-processing in
+background threads, SAM and SimSAM with DSC / IoU in one compiled program
+per batch, NSD on the host)
 over `--num_images` deterministic 256 x 256 phantoms (the paper's protocol,
 a 1024 x 1024 model input), `--batch` images per device call, and reports
 images per second and the device-idle fraction:
@@ -12,9 +14,9 @@ images per second and the device-idle fraction:
   idle = 1 - (number of batches x median device time of one batch) / wall time
 
 where the device time of a batch is measured on inputs already on the device.
-Host work overlaps device work: a background thread prepares the next batch
-while the device runs, and a thread pool computes NSD (DeepMind's
-`surface-distance`) while the next batch runs.
+Host work overlaps device work as in `simsam_jax.evaluate`: `grain` threads
+prepare the next images, one batch stays in flight while the previous one is
+fetched, and a thread pool computes NSD (DeepMind's `surface-distance`).
 
 In the same run and on the same device, the PyTorch anchors of
 `torch_flows.py` evaluate the same images (SimSAM, which includes SAM's
@@ -28,10 +30,8 @@ import concurrent.futures
 import importlib.util
 import os
 import platform
-import queue
 import statistics
 import sys
-import threading
 import time
 
 import jax
@@ -42,9 +42,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from simsam_jax import processing, synthetic  # noqa: E402
-from simsam_jax.evaluation import compute_metrics  # noqa: E402
+from simsam_jax.data import protocols  # noqa: E402
+from simsam_jax.evaluation import DEFAULT_POLICY  # noqa: E402
+from simsam_jax.evaluation import metrics as metrics_lib  # noqa: E402
+from simsam_jax.evaluation import runner as runner_lib  # noqa: E402
 from simsam_jax.modeling import build_sam, get_preset  # noqa: E402
-from simsam_jax.simsam import SimSam, SimSamConfig  # noqa: E402
+from simsam_jax.simsam import SimSamConfig  # noqa: E402
 
 _PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset.")
 _N = flags.DEFINE_integer("num_images", 64, "Number of generated images.")
@@ -65,59 +68,58 @@ def images(n: int, size: int):
   return [synthetic.phantom(size, size, seed=i) for i in range(n)]
 
 
-def prefetch(batches, depth: int = 2):
-  """Yields items of `batches` produced by a background thread."""
-  q: queue.Queue = queue.Queue(maxsize=depth)
-  done = object()
-
-  def produce():
-    for item in batches:
-      q.put(item)
-    q.put(done)
-
-  threading.Thread(target=produce, daemon=True).start()
-  while (item := q.get()) is not done:
-    yield item
+def prepared(data):
+  """The phantoms as the evaluation's prepared examples, with their ids."""
+  return [(dict(id=f"phantom_{i:05d}"), protocols.PreparedExample(
+      id=f"phantom_{i:05d}", image=img, mask=gt, box=np.asarray(box, np.float32),
+      spacing=(1.0, 1.0), original_size=gt.shape, file_names=()))
+          for i, (img, gt, box) in enumerate(data)]
 
 
-def jax_pass(engine: SimSam, data, batch: int, image_size: int):
-  """One evaluation pass; returns (wall s, number of batches, mean SAM/SimSAM DSC)."""
-  n = len(data)
+def jax_pass(runner: runner_lib.BatchRunner, entries, image_size: int):
+  """One evaluation pass as `simsam_jax.evaluate` runs it.
 
-  def host_batches():
-    for start in range(0, n, batch):
-      chunk = data[start:start + batch]
-      pre = [processing.preprocess(img, image_size) for img, _, _ in chunk]
-      pixels = np.stack([p for p, _ in pre] + [pre[-1][0]] * (batch - len(chunk)))
-      boxes = np.stack([b for _, _, b in chunk] + [chunk[-1][2]] * (batch - len(chunk)))
-      yield chunk, pixels, boxes, pre[0][1]
-
+  Background `grain` threads prepare images (SAM pre-processing, keys), one
+  batch stays in flight on the device while the previous one is fetched, and
+  a thread pool computes NSD. Returns (wall s, number of batches, mean DSC
+  of SAM and SimSAM).
+  """
   pool = concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2))
-  futures = []
+  futures, dsc = [], []
   start = time.perf_counter()
-  num_batches = 0
-  for chunk, pixels, boxes, info in prefetch(host_batches()):
-    out = engine.run_batch(pixels, boxes, info)
-    sam, mask = jax.device_get((out.sam_mask, out.mask))
+
+  def consume(handle):
+    for item, result in zip(handle[0], runner.fetch(handle)):
+      dsc.append((result["sam"]["dsc"], result["simsam"]["dsc"]))
+      for method in ("sam", "simsam"):
+        futures.append(pool.submit(metrics_lib.nsd, result[method]["mask"],
+                                   item.prepared.mask))
+
+  by_id = {example["id"]: p for example, p in entries}
+  loader = runner_lib.prefetch(entries, lambda example: by_id[example["id"]], image_size,
+                               seed=0)
+  in_flight, num_batches = None, 0
+  for group in runner_lib.batches(loader, runner.batch_size):
+    handle = runner.dispatch(group)
     num_batches += 1
-    for i, (_, gt, _) in enumerate(chunk):
-      futures.append(pool.submit(lambda s, m, g: (compute_metrics(s, g)["dsc"],
-                                                  compute_metrics(m, g)["dsc"]),
-                                 sam[i], mask[i], gt))
-  scores = np.array([f.result() for f in futures])
+    if in_flight is not None:
+      consume(in_flight)
+    in_flight = handle
+  consume(in_flight)
+  for f in futures:
+    f.result()
   wall = time.perf_counter() - start
   pool.shutdown()
-  return wall, num_batches, np.nanmean(scores, axis=0)
+  return wall, num_batches, np.nanmean(np.array(dsc), axis=0)
 
 
-def device_batch_ms(engine: SimSam, data, batch: int, image_size: int, repeats: int):
-  """Median ms of one batch on the device (inputs staged, outputs blocked on)."""
-  chunk = (data * batch)[:batch]
-  pre = [processing.preprocess(img, image_size) for img, _, _ in chunk]
-  pixels = np.stack([p for p, _ in pre])
-  boxes = np.stack([b for _, _, b in chunk])
-  info = pre[0][1]
-  run = lambda: jax.block_until_ready(engine.run_batch(pixels, boxes, info).mask)
+def device_batch_ms(runner: runner_lib.BatchRunner, entries, image_size: int, repeats: int):
+  """Median ms of one full batch on the device (inputs prepared, results fetched)."""
+  by_id = {example["id"]: p for example, p in entries}
+  items = list(runner_lib.prefetch(entries[:runner.batch_size],
+                                   lambda example: by_id[example["id"]], image_size, seed=0))
+  items = (items * runner.batch_size)[:runner.batch_size]
+  run = lambda: runner.fetch(runner.dispatch(items))
   start = time.perf_counter()
   run()
   compile_s = time.perf_counter() - start
@@ -163,19 +165,20 @@ def main(argv):
   print(f"# jax {jax.__version__} on {dev.platform} ({dev.device_kind}), "
         f"{jax.local_device_count()} device(s); host {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs")
-  model = build_sam(config, seed=0)
+  model = build_sam(config, seed=0, dtype=_PRECISION.value)
+  entries = prepared(data)
   have_torch = (importlib.util.find_spec("torch") is not None
                 and importlib.util.find_spec("transformers") is not None)
   print("\n| K | JAX img/s | batch ms (device) | device idle | SAM DSC | SimSAM DSC |"
-        + "".join(f" {f} img/s | JAX / {f} |" for f in _TORCH.value if have_torch))
+        + "".join(f" {f} img/s | JAX speed-up vs {f} |" for f in _TORCH.value if have_torch))
   print("|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * (len(_TORCH.value) * have_torch))
   for k in (int(k) for k in _KS.value):
-    engine = SimSam(model, SimSamConfig(k=k), precision=_PRECISION.value)
-    batch_ms, compile_s = device_batch_ms(engine, data, batch, config.image_size,
+    runner = runner_lib.BatchRunner(model, {"sam": None, "simsam": SimSamConfig(k=k)},
+                                    batch, DEFAULT_POLICY)
+    batch_ms, compile_s = device_batch_ms(runner, entries, config.image_size,
                                           _REPEATS.value)
-    jax_pass(engine, data[:batch], batch, config.image_size)  # warm the host path
-    wall, num_batches, (sam_dsc, simsam_dsc) = jax_pass(engine, data, batch,
-                                                        config.image_size)
+    jax_pass(runner, entries[:batch], config.image_size)  # warm the host path
+    wall, num_batches, (sam_dsc, simsam_dsc) = jax_pass(runner, entries, config.image_size)
     ips = n / wall
     idle = max(0.0, 1.0 - num_batches * batch_ms / 1e3 / wall)
     row = (f"| {k} | {ips:.1f} | {batch_ms:.1f} | {100 * idle:.0f}% | "
