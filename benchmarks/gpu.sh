@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu.sh [RESULTS_FILE]        # default: benchmarks/gpu_results.md
 #   SMOKE=1 bash benchmarks/gpu.sh /tmp/r.md     # the same steps at toy size (any machine)
+#   CHECK_FLAGS=1 bash benchmarks/gpu.sh /tmp/r.md   # only parse every step's flags
 #
 # On the GPU host: latency (ViT-B and ViT-H; float32 and bfloat16; K in
 # {1, 50, 200}; batch 1 and 16) beside the three PyTorch flows of
@@ -34,7 +35,9 @@ run() {  # run TITLE CMD...: the command's output under a heading, failures reco
   echo "## $1" | tee -a "$out"
   echo '```' >> "$out"
   echo "\$ ${*:2}" >> "$out"
-  if ! "${@:2}" 2>&1 | tee -a "$out"; then echo "FAILED: $1" | tee -a "$out"; fi
+  local cmd=("${@:2}")
+  if [ -n "${CHECK_FLAGS:-}" ]; then cmd+=(--only_check_args); fi  # absl: parse, exit 0
+  if ! "${cmd[@]}" 2>&1 | tee -a "$out"; then echo "FAILED: $1" | tee -a "$out"; fi
   echo '```' >> "$out"
   echo >> "$out"
 }
