@@ -62,7 +62,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from PIL import Image, ImageDraw
 
-from simsam_jax import __version__, processing
+from simsam_jax import __version__, profiles
 from simsam_jax import workdir as workdir_lib
 from simsam_jax.data import loading, protocols
 from simsam_jax.data.common import DatasetError
@@ -77,7 +77,8 @@ CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou",
               "confidence", "chosen", "foreground")
 # Settings that change per-image results: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "k", "seed",
-               "nsd_tolerance", "empty_mask_policy")
+               "nsd_tolerance", "empty_mask_policy", "profile", "nsd_tolerance_mm",
+               "slices")
 PAPER_METHOD_ORDER = ("sam", "simsam", "random", "pixel_mean", "k1")
 
 
@@ -98,11 +99,25 @@ def load_sam_model(spec: str):
     raise EvaluationError(str(e)) from None
 
 
+def nsd_tolerance(config: ConfigDict) -> float:
+  """NSD tolerance in the units of the examples' spacing.
+
+  `nsd_tolerance_mm` (> 0) for datasets with a physical spacing (NIfTI
+  folders: spacing in mm), else `nsd_tolerance` (pixels, spacing (1, 1)).
+  """
+  mm = float(config.get("nsd_tolerance_mm", 0.0) or 0.0)
+  if mm < 0 or not math.isfinite(mm):
+    raise EvaluationError(f"--config.nsd_tolerance_mm={mm}: must be >= 0")
+  return mm if mm > 0 else float(config.nsd_tolerance)
+
+
 class Runner:
   """Encodes an image once and runs every method on the embedding."""
 
-  def __init__(self, model, methods: dict[str, Optional[SimSamConfig]]):
+  def __init__(self, model, methods: dict[str, Optional[SimSamConfig]],
+               profile: str = "sam"):
     self.methods = methods
+    self.profile = profiles.get(profile)
     self.engines = {name: SimSam(model, cfg) for name, cfg in methods.items()
                     if cfg is not None}
     self.base = SimSam(model, SimSamConfig(k=1))  # encoder and SAM-only path
@@ -114,13 +129,13 @@ class Runner:
       model = nnx.merge(graphdef, state)
       box_model = pipeline.to_model_frame(box.reshape(2, 2), info).reshape(4)
       low, iou = pipeline.first_decode(model, embedding, box_model)
-      return pipeline.low_res_to_original(low, info, low.shape[-1]) > 0, iou
+      return pipeline.low_res_masks(low, info, low.shape[-1]), iou
 
     self._sam_only = jax.jit(sam_only, static_argnames=("info",))
 
   def run(self, example: protocols.PreparedExample, key: jax.Array):
     """-> {method: dict(mask (H, W) bool, confidence, chosen, output)}."""
-    pixels, info = processing.preprocess(example.image, self.base.model_config.image_size)
+    pixels, info = self.profile.preprocess(example.image, self.base.model_config.image_size)
     box = jnp.asarray(example.box, jnp.float32)
     embedding = self.base.stages.encode(self.state, jnp.asarray(pixels))
     results = {}
@@ -435,6 +450,11 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   # Everything that can fail on bad input (checkpoint, dataset) comes before
   # the first write to the workdir: a refused run leaves nothing behind.
   model, checkpoint = load_sam_model(config.checkpoint)
+  try:
+    checkpoint["profile"], checkpoint["profile_source"] = profiles.resolve(
+        checkpoint["profile"], config.get("profile") or None, "--config.profile")
+  except ValueError as e:
+    raise EvaluationError(str(e)) from None
 
   try:
     builder = loading.prepare_builder(
@@ -451,13 +471,14 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   examples.sort(key=lambda e: e["id"])
   if not examples:
     raise EvaluationError(f"{config.dataset}: split {config.split!r} has no example")
-  runner = Runner(model, configs)
+  runner = Runner(model, configs, checkpoint["profile"])
   record_config(workdir, config)
 
   csv_path, skipped_path = shard_files(workdir, shard_index, num_shards)
   rows = merged_rows(workdir, own=csv_path)  # own torn line repaired before appending
   done = {(r["id"], r["method"]) for r in rows}
   figure_ids = {e["id"] for e in examples[:int(config.num_figures)]}
+  tolerance = nsd_tolerance(config)
   mine = examples[shard_index::num_shards]
   writer = RowWriter(csv_path)
   bad = []
@@ -486,7 +507,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       new_rows = []
       for m in todo:
         r = results[m]
-        metrics = compute_metrics(r["mask"], prepared.mask, tolerance=float(config.nsd_tolerance),
+        metrics = compute_metrics(r["mask"], prepared.mask, tolerance=tolerance,
                                   spacing=prepared.spacing, policy=policy)
         new_rows.append({
             "id": prepared.id, "split": example.get("split", config.split),
@@ -553,6 +574,9 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       "summaries": summaries, "statistics": comparison,
       "empty_mask_policy": policy_description(policy),
       "nsd_tolerance": float(config.nsd_tolerance),
+      "nsd_tolerance_used": nsd_tolerance(config),
+      "nsd_tolerance_units": "mm" if float(config.get("nsd_tolerance_mm", 0) or 0) > 0
+                             else "spacing units (pixels unless the dataset has a spacing)",
       "skipped": {"while_building": skipped, "while_evaluating": bad},
       "checkpoint": checkpoint, "config": _config_dict(config),
       "software": software_versions(),

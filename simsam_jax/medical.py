@@ -125,7 +125,7 @@ def slice_image(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 def read_nifti_slice(path: str, slice_index: Optional[int],
                      axis: int = 2) -> VolumeSlice:
-  """Reads one slice of a NIfTI file (only that slice is decoded).
+  """Reads one slice of a NIfTI file.
 
   Args:
     path: `.nii` or `.nii.gz`.
@@ -158,20 +158,16 @@ def read_nifti_slice(path: str, slice_index: Optional[int],
     raise MedicalFormatError(
         f"--slice={slice_index} is outside the volume (shape {shape}: "
         f"0 <= K < {shape[axis]} along --axis={axis})")
-  slicer = [slice(None)] * 3
-  slicer[axis] = int(slice_index)
-  proxy = image.dataobj
-  if len(proxy.shape) != 3:
-    data = np.asarray(proxy).reshape(shape)
-    values = data[tuple(slicer)]
-  else:
-    values = np.asarray(proxy[tuple(slicer)])
+  # The whole volume is decoded (not only the slice) so that a truncated
+  # or corrupt file fails here instead of giving a partial volume.
+  data = np.asarray(image.dataobj).reshape(shape)
+  values = np.take(data, int(slice_index), axis=axis)
   if values.size == 0:
     raise MedicalFormatError("the volume holds no voxels")
   zooms = [float(z) for z in image.header.get_zooms()[:3]]
   zooms += [1.0] * (3 - len(zooms))
   a, b = [d for d in range(3) if d != axis]
-  return VolumeSlice(pixels=np.ascontiguousarray(values.T),
+  return VolumeSlice(pixels=np.ascontiguousarray(values.T),  # slice_image
                      spacing=(zooms[b], zooms[a]), path=os.fspath(path),
                      shape=shape, axis=axis, index=int(slice_index),
                      affine=np.asarray(image.affine, np.float64),

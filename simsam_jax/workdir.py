@@ -1,7 +1,8 @@
 """Helpers shared by the launchers (evaluate, finetune): no absl flags here.
 
 * `load_sam_model(spec)`: a SAM from a converted checkpoint folder or from
-  `random:PRESET[:SEED]`, with a JSON-ready description of where it came from.
+  `random:PRESET[:SEED]`, with a JSON-ready description of where it came from
+  (and its preprocessing profile: the sidecar's, "sam" for random weights).
 * `write_atomic(path, data)`: write to a temporary sibling, then rename.
 * `config_dict(config)`: an `ml_collections.ConfigDict` as plain JSON data.
 * `refuse_changed_config(workdir, current, keys)`: a workdir's recorded run
@@ -34,7 +35,8 @@ def load_sam_model(spec: str):
       model = build_sam(get_preset(parts[1]), seed)
     except (IndexError, ValueError) as e:
       raise ValueError(f"--config.checkpoint={spec}: {e}") from None
-    return model, {"spec": spec, "random_weights": True, "sha256": None}
+    return model, {"spec": spec, "random_weights": True, "sha256": None,
+                   "profile": "sam"}
   try:
     meta = read_sidecar(spec)
     model = load_model(spec)
@@ -42,7 +44,7 @@ def load_sam_model(spec: str):
     raise ValueError(f"--config.checkpoint={spec}: {e}") from None
   return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),
                  "sha256": meta["source"].get("sha256"), "source": meta["source"],
-                 "preset": meta.get("preset")}
+                 "preset": meta.get("preset"), "profile": meta["profile"]}
 
 
 def write_atomic(path: str, data: Union[str, bytes]) -> None:

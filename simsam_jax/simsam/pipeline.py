@@ -151,6 +151,14 @@ def low_res_to_original(low_res: jax.Array, info: processing.ImageInfo,
   return profiles.get(info.profile).to_original(low_res, info)
 
 
+def low_res_masks(low_res_logits: jax.Array, info: processing.ImageInfo,
+                  m: int) -> jax.Array:
+  """(..., M, M) logits -> (..., H, W) bool masks under `info.profile`
+  (`low_res_to_original` of the profile's scores, > 0; "sam": logits > 0)."""
+  scores = profiles.get(info.profile).low_res_scores(low_res_logits)
+  return low_res_to_original(scores, info, m) > 0
+
+
 def first_probabilities(first_low_res_logits: jax.Array,
                         info: processing.ImageInfo) -> jax.Array:
   """(M, M) logits -> (H, W) probabilities via the profile's round trip
