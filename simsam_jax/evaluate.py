@@ -77,8 +77,7 @@ CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou",
               "confidence", "chosen", "foreground")
 # Settings that change per-image results: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "k", "seed",
-               "nsd_tolerance", "empty_mask_policy", "profile", "nsd_tolerance_mm",
-               "slices")
+               "nsd_tolerance", "empty_mask_policy", "profile", "nsd_tolerance_mm")
 PAPER_METHOD_ORDER = ("sam", "simsam", "random", "pixel_mean", "k1")
 
 

@@ -123,6 +123,65 @@ def slice_image(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
   return np.take(volume, index, axis=axis).T
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Volume:
+  """A whole NIfTI volume.
+
+  Attributes:
+    data: (X, Y, Z) voxel values, the header's scaling applied (float64, or
+      the stored integer dtype when the header does not scale).
+    affine: (4, 4) float64 voxel-to-world affine.
+    header: the nibabel header.
+    zooms: (3,) voxel sizes along the voxel axes, in the file's units.
+    path: the file.
+  """
+  data: np.ndarray
+  affine: np.ndarray
+  header: Any
+  zooms: Tuple[float, float, float]
+  path: str
+
+  @property
+  def shape(self) -> Tuple[int, int, int]:
+    return tuple(int(n) for n in self.data.shape)
+
+  def spacing(self, axis: int) -> Tuple[float, float]:
+    """(row, column) spacing of the slices along `axis` (`slice_image`)."""
+    a, b = [d for d in range(3) if d != axis]
+    return self.zooms[b], self.zooms[a]
+
+  def slice(self, index: int, axis: int = 2) -> VolumeSlice:
+    """Slice `index` along `axis`, with what is needed to write it back."""
+    return VolumeSlice(
+        pixels=np.ascontiguousarray(slice_image(self.data, axis, index)),
+        spacing=self.spacing(axis), path=self.path, shape=self.shape,
+        axis=axis, index=int(index), affine=self.affine, header=self.header)
+
+
+def read_nifti(path: str) -> Volume:
+  """Reads a 2-D or 3-D NIfTI volume (a 2-D image has Z = 1).
+
+  The whole volume is decoded, so that a truncated or corrupt file fails
+  here instead of giving a partial volume.
+
+  Raises:
+    MedicalFormatError: for a missing extra or a volume that is not 2-D /
+      3-D; nibabel's own errors for unreadable files.
+  """
+  nibabel = _nibabel()
+  image = nibabel.load(path)
+  if getattr(image, "affine", None) is None:
+    raise MedicalFormatError("the file holds no voxel-to-world affine")
+  shape = _volume_shape(image, path)
+  data = np.asarray(image.dataobj).reshape(shape)
+  if data.size == 0:
+    raise MedicalFormatError("the volume holds no voxels")
+  zooms = [float(z) for z in image.header.get_zooms()[:3]]
+  zooms += [1.0] * (3 - len(zooms))
+  return Volume(data=data, affine=np.asarray(image.affine, np.float64),
+                header=image.header, zooms=tuple(zooms), path=os.fspath(path))
+
+
 def read_nifti_slice(path: str, slice_index: Optional[int],
                      axis: int = 2) -> VolumeSlice:
   """Reads one slice of a NIfTI file.
@@ -134,20 +193,16 @@ def read_nifti_slice(path: str, slice_index: Optional[int],
     axis: voxel axis 0, 1 or 2.
 
   Returns:
-    A `VolumeSlice` whose pixels are (H, W) float64 or the stored integer
-    dtype when the header does not scale.
+    A `VolumeSlice` whose pixels are (H, W) (`Volume.data`'s dtype).
 
   Raises:
     MedicalFormatError: for a missing extra, a bad axis or index, or a
       volume that is not 2-D / 3-D.
   """
-  nibabel = _nibabel()
   if axis not in (0, 1, 2):
     raise MedicalFormatError(f"--axis={axis}: must be 0, 1 or 2")
-  image = nibabel.load(path)
-  if not hasattr(image, "affine") or image.affine is None:
-    raise MedicalFormatError("the file holds no voxel-to-world affine")
-  shape = _volume_shape(image, path)
+  volume = read_nifti(path)
+  shape = volume.shape
   if slice_index is None:
     if shape[axis] != 1:
       raise MedicalFormatError(
@@ -158,20 +213,7 @@ def read_nifti_slice(path: str, slice_index: Optional[int],
     raise MedicalFormatError(
         f"--slice={slice_index} is outside the volume (shape {shape}: "
         f"0 <= K < {shape[axis]} along --axis={axis})")
-  # The whole volume is decoded (not only the slice) so that a truncated
-  # or corrupt file fails here instead of giving a partial volume.
-  data = np.asarray(image.dataobj).reshape(shape)
-  values = np.take(data, int(slice_index), axis=axis)
-  if values.size == 0:
-    raise MedicalFormatError("the volume holds no voxels")
-  zooms = [float(z) for z in image.header.get_zooms()[:3]]
-  zooms += [1.0] * (3 - len(zooms))
-  a, b = [d for d in range(3) if d != axis]
-  return VolumeSlice(pixels=np.ascontiguousarray(values.T),  # slice_image
-                     spacing=(zooms[b], zooms[a]), path=os.fspath(path),
-                     shape=shape, axis=axis, index=int(slice_index),
-                     affine=np.asarray(image.affine, np.float64),
-                     header=image.header)
+  return volume.slice(int(slice_index), axis)
 
 
 def nifti_mask_bytes(volume: VolumeSlice, mask: np.ndarray,

@@ -2,7 +2,10 @@
 
 from ml_collections import ConfigDict
 
-DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": "", "phantom": "default"}
+DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": "", "phantom": "default",
+            # nifti_folder: "labelled" (every slice with foreground) or
+            # "largest" (the largest-area slice per volume).
+            "nifti_folder": "labelled"}
 ALIASES = {"cvc": "cvc_clinicdb", "isic": "isic2016"}
 
 
@@ -35,7 +38,6 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   # "" = the checkpoint's preprocessing profile (simsam_jax.profiles); a
   # name overrides it (logged as a warning).
   c.profile = ""
-  c.slices = "labelled"  # nifti_folder: "labelled" (every slice) or "largest"
   c.empty_mask_policy = "nan"  # both masks empty: metric NaN (excluded from means)
   c.save_masks = False
   c.num_figures = 8
