@@ -203,3 +203,38 @@ def all_busi_names(extra: Iterable[str] = ()) -> list:
     for n in range(1, count + 1):
       names += [f"{cls}/{cls} ({n}).png", f"{cls}/{cls} ({n})_mask.png"]
   return names + list(extra)
+
+
+# ----------------------------------------------------------------------------
+# nifti_folder.
+# ----------------------------------------------------------------------------
+
+NIFTI_SHAPE = (28, 24, 6)
+NIFTI_ZOOMS = (0.8, 1.3, 3.0)
+NIFTI_NAMES = ("case_1", "case_2", "case_3", "case_10")
+
+
+def make_nifti_tree(root: pathlib.Path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """A nifti_folder manual_dir: imagesTr/ + labelsTr/ with 4 tiny volumes
+  (anisotropic voxels, rotated affine; labels on slices 1, 2 and 4, two
+  classes); returns {name: (image, label)} as written."""
+  import nibabel as nib  # pylint: disable=import-outside-toplevel
+  (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+  (root / "labelsTr").mkdir(exist_ok=True)
+  volumes = {}
+  for n, name in enumerate(NIFTI_NAMES):
+    rng = np.random.default_rng(n)
+    image = rng.normal(0, 30, NIFTI_SHAPE).astype(np.float32)
+    label = np.zeros(NIFTI_SHAPE, np.uint8)
+    for k, (x0, y0, size) in {1: (3, 4, 6), 2: (5, 6, 9 + n), 4: (8, 2, 4)}.items():
+      label[x0:x0 + size, y0:y0 + size + 2, k] = 1 + (k == 4)  # two classes
+    image[label > 0] += 400
+    affine = np.diag(NIFTI_ZOOMS + (1.0,))
+    affine[:3, 3] = (-10, 5, 2 * n)
+    affine[:2, :2] = [[0, -NIFTI_ZOOMS[1]], [NIFTI_ZOOMS[0], 0]]  # rotated in-plane
+    suffix = "_0000.nii.gz" if n % 2 else ".nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / (name + suffix))
+    nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / (name + ".nii.gz"))
+    volumes[name] = (image, label)
+  (root / "imagesTr" / "README.txt").write_text("ignored")
+  return volumes

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data_fixtures
+
 from simsam_jax import evaluate
 from simsam_jax.data import loading, protocols
 from simsam_jax.data.nifti_folder import chosen_slices, volume_name
@@ -24,32 +26,8 @@ surface_distance = pytest.importorskip("surface_distance")
 # surface-distance imports deprecated scipy namespaces.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-SHAPE = (28, 24, 6)
-ZOOMS = (0.8, 1.3, 3.0)
-NAMES = ("case_1", "case_2", "case_3", "case_10")
-
-
-def _write_tree(root):
-  """imagesTr/labelsTr with 4 volumes; returns {name: (image, label)}."""
-  (root / "imagesTr").mkdir(parents=True)
-  (root / "labelsTr").mkdir()
-  volumes = {}
-  for n, name in enumerate(NAMES):
-    rng = np.random.default_rng(n)
-    image = rng.normal(0, 30, SHAPE).astype(np.float32)
-    label = np.zeros(SHAPE, np.uint8)
-    for k, (x0, y0, size) in {1: (3, 4, 6), 2: (5, 6, 9 + n), 4: (8, 2, 4)}.items():
-      label[x0:x0 + size, y0:y0 + size + 2, k] = 1 + (k == 4)  # two classes
-    image[label > 0] += 400
-    affine = np.diag(ZOOMS + (1.0,))
-    affine[:3, 3] = (-10, 5, 2 * n)
-    affine[:2, :2] = [[0, -ZOOMS[1]], [ZOOMS[0], 0]]  # rotated in-plane
-    suffix = "_0000.nii.gz" if n % 2 else ".nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / (name + suffix))
-    nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / (name + ".nii.gz"))
-    volumes[name] = (image, label)
-  (root / "imagesTr" / "README.txt").write_text("ignored")
-  return volumes
+SHAPE, ZOOMS, NAMES = data_fixtures.NIFTI_SHAPE, data_fixtures.NIFTI_ZOOMS, data_fixtures.NIFTI_NAMES
+_write_tree = data_fixtures.make_nifti_tree
 
 
 def test_names_and_slice_choice():
