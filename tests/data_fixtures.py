@@ -238,3 +238,29 @@ def make_nifti_tree(root: pathlib.Path) -> Dict[str, Tuple[np.ndarray, np.ndarra
     volumes[name] = (image, label)
   (root / "imagesTr" / "README.txt").write_text("ignored")
   return volumes
+
+
+def write_dicom(path: pathlib.Path, pixels: np.ndarray, slope: float = 2.0,
+                intercept: float = -1024.0,
+                spacing: Tuple[float, float] = (0.5, 0.7)) -> None:
+  """A single-frame CT DICOM file of signed 16-bit `pixels` (H, W), with
+  RescaleSlope / RescaleIntercept and PixelSpacing, written by pydicom."""
+  import pydicom  # pylint: disable=import-outside-toplevel
+  from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=import-outside-toplevel
+  from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian,  # pylint: disable=import-outside-toplevel
+                           generate_uid)
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = CTImageStorage
+  meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+  ds.Modality, ds.PhotometricInterpretation = "CT", "MONOCHROME2"
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+  ds.PixelRepresentation = 1
+  ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+  ds.PixelSpacing = list(spacing)
+  ds.PixelData = pixels.astype(np.int16).tobytes()
+  pydicom.dcmwrite(path, ds, enforce_file_format=True)

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data_fixtures
+
 from simsam_jax import medical, processing, segment
 
 nib = pytest.importorskip("nibabel")
@@ -192,29 +194,7 @@ def test_nifti_errors_name_the_file(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-def _write_dicom(path, pixels, slope=2.0, intercept=-1024.0, spacing=(0.5, 0.7)):
-  from pydicom.dataset import Dataset, FileMetaDataset
-  from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = CTImageStorage
-  meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["simsam_jax test"])
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = CTImageStorage
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.Modality = "CT"
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel = 1
-  ds.PhotometricInterpretation = "MONOCHROME2"
-  ds.BitsAllocated = ds.BitsStored = 16
-  ds.HighBit = 15
-  ds.PixelRepresentation = 1
-  ds.RescaleSlope = slope
-  ds.RescaleIntercept = intercept
-  ds.PixelSpacing = list(spacing)
-  ds.PixelData = pixels.astype(np.int16).tobytes()
-  pydicom.dcmwrite(path, ds, enforce_file_format=True)
+_write_dicom = data_fixtures.write_dicom
 
 
 def test_dicom_modality_units_window_and_spacing(tmp_path):

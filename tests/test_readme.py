@@ -422,9 +422,6 @@ def write_medical_inputs(cwd: pathlib.Path) -> None:
   slice.dcm (CT, RescaleSlope/Intercept, PixelSpacing), built with nibabel and
   pydicom."""
   import nibabel as nib
-  import pydicom
-  from pydicom.dataset import Dataset, FileMetaDataset
-  from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
   rng = np.random.default_rng(5)
   volume = rng.normal(0, 60, SCAN_SHAPE).astype(np.int16)
   volume[20:38, 14:28, 8:16] += 180
@@ -432,20 +429,8 @@ def write_medical_inputs(cwd: pathlib.Path) -> None:
   nib.save(nib.Nifti1Image(volume, affine), cwd / "scan.nii.gz")
   stored = rng.integers(900, 1300, DICOM_SIZE).astype(np.int16)
   stored[18:38, 22:48] += 300
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = CTImageStorage
-  meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["readme slice"])
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-  ds.Modality, ds.PhotometricInterpretation = "CT", "MONOCHROME2"
-  ds.Rows, ds.Columns = DICOM_SIZE
-  ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
-  ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 1, 1.0, -1024.0
-  ds.PixelSpacing = [0.7, 0.7]
-  ds.PixelData = stored.tobytes()
-  pydicom.dcmwrite(cwd / "slice.dcm", ds, enforce_file_format=True)
+  data_fixtures.write_dicom(cwd / "slice.dcm", stored, slope=1.0, intercept=-1024.0,
+                            spacing=(0.7, 0.7))
 
 
 def _job(ws: Workspace, command: str) -> Callable[[], object]:
