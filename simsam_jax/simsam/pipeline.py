@@ -30,6 +30,10 @@ Deviations from the published PyTorch data flow, each deliberate:
     low-res logits brought to the original size by SAM's bilinear round trip
     (`low_res_to_original`). At 256 x 256 both are exactly the published
     behaviour: masks are the raw low-res logits > 0.
+  * Under another preprocessing profile (`info.profile`, see
+    `simsam_jax.profiles`; e.g. MedSAM's square resize), boxes, clicks and
+    the mask prompt go through that profile's geometry (`resized_size`) and
+    logits come back by its resampling and decision (`low_res_scores`).
 """
 
 from __future__ import annotations

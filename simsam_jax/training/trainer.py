@@ -72,7 +72,7 @@ from simsam_jax.training.losses import sam_ft_loss
 # Settings that change the trained weights: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "epochs", "batch_size",
                "learning_rate", "weight_decay", "seed", "iou_target_threshold",
-               "train_split", "val_split", "nsd_tolerance")
+               "train_split", "val_split", "nsd_tolerance", "profile")
 DECODER = nnx.PathContains("mask_decoder")
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 VAL_CHUNK = 8
