@@ -339,7 +339,9 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     fields = {"checkpoint": fingerprint, "dataset": config.dataset,
               "builder_config": config.builder_config, "split": split_name,
               "protocol": str(config.protocol),
-              "image_size": image_size, "profile": profile}
+              "image_size": image_size}
+    if profile != profiles.DEFAULT_PROFILE:  # "sam" caches keep their keys
+      fields["profile"] = profile
     cache_hits[role] = train_data.load_or_encode(splits[role], cache_dir, fields,
                                                  functions.encode, full_state, image_size,
                                                  profile)
