@@ -43,6 +43,18 @@ TEST_REQUIRES = [
     # their smoke parameters; ipykernel provides the "python3" kernel).
     "papermill",
     "ipykernel",
+    # The MedSAM mirror test transcribes MedSAM_Inference.py, which resizes
+    # with scikit-image; the medical-format tests build NIfTI/DICOM files.
+    "scikit-image",
+    "nibabel",
+    "pydicom",
+]
+
+# NIfTI and DICOM images (simsam_jax.medical): read and written by their
+# well-kept libraries, never parsed by hand.
+MEDICAL_REQUIRES = [
+    "nibabel",
+    "pydicom>=3",
 ]
 
 setuptools.setup(
@@ -57,6 +69,7 @@ setuptools.setup(
     extras_require={
         # Reading official `.pth` checkpoints needs torch; nothing else does.
         "torch": ["torch==2.13.0"],
+        "medical": MEDICAL_REQUIRES,
         "test": TEST_REQUIRES,
     },
 )

@@ -77,7 +77,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from PIL import Image, ImageDraw
 
-from simsam_jax import __version__
+from simsam_jax import __version__, profiles
 from simsam_jax import workdir as workdir_lib
 from simsam_jax.data import loading, protocols
 from simsam_jax.data.common import DatasetError
@@ -92,7 +92,8 @@ CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou",
               "confidence", "chosen", "foreground")
 # Settings that change per-image results: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "k", "seed",
-               "nsd_tolerance", "empty_mask_policy", "precision")
+               "nsd_tolerance", "empty_mask_policy", "precision", "profile",
+               "nsd_tolerance_mm")
 PAPER_METHOD_ORDER = ("sam", "simsam", "random", "pixel_mean", "k1")
 
 
@@ -119,6 +120,18 @@ def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = 
 
 
 _config_dict = workdir_lib.config_dict
+
+
+def nsd_tolerance(config: ConfigDict) -> float:
+  """NSD tolerance in the units of the examples' spacing.
+
+  `nsd_tolerance_mm` (> 0) for datasets with a physical spacing (NIfTI
+  folders: spacing in mm), else `nsd_tolerance` (pixels, spacing (1, 1)).
+  """
+  mm = float(config.get("nsd_tolerance_mm", 0.0) or 0.0)
+  if mm < 0 or not math.isfinite(mm):
+    raise EvaluationError(f"--config.nsd_tolerance_mm={mm}: must be >= 0")
+  return mm if mm > 0 else float(config.nsd_tolerance)
 
 
 def check_workdir(workdir: str, config: ConfigDict) -> None:
@@ -406,6 +419,12 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   # the first write to the workdir: a refused run leaves nothing behind.
   model, checkpoint = load_sam_model(config.checkpoint, config.get("precision", "float32"),
                                      config.get("attention_impl", "xla"))
+  try:
+    checkpoint["profile"], checkpoint["profile_source"] = profiles.resolve(
+        checkpoint["profile"], config.get("profile") or None, "--config.profile")
+  except ValueError as e:
+    raise EvaluationError(str(e)) from None
+  tolerance = nsd_tolerance(config)
 
   try:
     builder = loading.prepare_builder(
@@ -422,7 +441,8 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   examples.sort(key=lambda e: e["id"])
   if not examples:
     raise EvaluationError(f"{config.dataset}: split {config.split!r} has no example")
-  runner = runner_lib.BatchRunner(model, configs, batch_size, policy)
+  runner = runner_lib.BatchRunner(model, configs, batch_size, policy,
+                                  profile=checkpoint["profile"])
   record_config(workdir, config)
 
   csv_path, skipped_path = shard_files(workdir, shard_index, num_shards)
@@ -445,8 +465,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     new_rows = []
     for m in todo:
       r = result[m]
-      nsd = metrics_lib.nsd(r["mask"], prepared.mask, float(config.nsd_tolerance),
-                            prepared.spacing, policy)
+      nsd = metrics_lib.nsd(r["mask"], prepared.mask, tolerance, prepared.spacing, policy)
       new_rows.append({
           "id": prepared.id, "split": item.example.get("split", config.split),
           "image_file": prepared.file_names[0] if prepared.file_names else "",
@@ -507,7 +526,8 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     try:
       loader = runner_lib.prefetch(
           work, lambda example: protocols.prepare(example, protocol, config.dataset),
-          runner.image_size, int(config.seed), buffer_size=2 * batch_size)
+          runner.image_size, int(config.seed), buffer_size=2 * batch_size,
+          profile=checkpoint["profile"])
       for batch in runner_lib.batches(loader, batch_size):
         if isinstance(batch, runner_lib.Item):  # preparing failed
           example = batch.example
@@ -566,6 +586,9 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       "summaries": summaries, "statistics": comparison,
       "empty_mask_policy": policy_description(policy),
       "nsd_tolerance": float(config.nsd_tolerance),
+      "nsd_tolerance_used": tolerance,
+      "nsd_tolerance_units": "mm" if float(config.get("nsd_tolerance_mm", 0) or 0) > 0
+                             else "spacing units (pixels unless the dataset has a spacing)",
       "skipped": {"while_building": skipped, "while_evaluating": bad},
       "checkpoint": checkpoint, "config": _config_dict(config),
       "software": software_versions(),

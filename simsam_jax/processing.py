@@ -49,16 +49,21 @@ Deliberate deviations from the PyTorch references, with their reasons:
 * `load_image` drops an alpha channel (the pixel values under it are kept, as
   OpenCV's `imread` does for the official demo); HF's `convert_to_rgb`
   composites RGBA onto white instead. EXIF orientation is *not* applied, so
-  images stay aligned with ground-truth masks stored without it. Images with
-  more than 8 bits per channel are rejected rather than silently rescaled.
+  images stay aligned with ground-truth masks stored without it. Pixels of
+  more than 8 bits, signed or float are scaled to 8 bits by an explicit,
+  recorded intensity policy (`apply_intensity`, default `minmax`) and
+  truncated as MedSAM's CT/MR pre-processing does; 8-bit pixels are kept.
+  Pillow reads 16-bit RGB PNGs as 8-bit RGB (its own reduction); 16-bit
+  colour is kept only from TIFFs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
-from typing import Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +83,7 @@ Size = Tuple[int, int]
 PathLike = Union[str, os.PathLike]
 
 
-def _as_size(size: Sequence[int], name: str) -> Size:
+def as_size(size: Sequence[int], name: str) -> Size:
   """Returns `size` as a `(height, width)` tuple of positive Python ints."""
   try:
     height, width = (int(dim) for dim in size)
@@ -102,17 +107,21 @@ class ImageInfo:
     resized_size: (height, width) after `resize_longest_side`; the valid,
       unpadded top-left corner of the model input.
     image_size: side of the square, padded model input (1024).
+    profile: name of the `simsam_jax.profiles` profile that made the model
+      input ("sam": this module's pre- and post-processing); jitted code
+      maps coordinates and logits through that profile's geometry.
   """
 
   original_size: Size
   resized_size: Size
   image_size: int = DEFAULT_IMAGE_SIZE
+  profile: str = "sam"
 
   def __post_init__(self):
     object.__setattr__(self, "original_size",
-                       _as_size(self.original_size, "original_size"))
+                       as_size(self.original_size, "original_size"))
     object.__setattr__(self, "resized_size",
-                       _as_size(self.resized_size, "resized_size"))
+                       as_size(self.resized_size, "resized_size"))
     object.__setattr__(self, "image_size", int(self.image_size))
     if max(self.resized_size) > self.image_size:
       raise ValueError(f"resized_size={self.resized_size} does not fit in "
@@ -148,7 +157,7 @@ def preprocess_shape(height: int, width: int,
   Raises:
     ValueError: on non-positive sizes, or when a side would round to 0.
   """
-  height, width = _as_size((height, width), "(height, width)")
+  height, width = as_size((height, width), "(height, width)")
   if int(long_side) <= 0:
     raise ValueError(f"long_side must be positive, got {long_side}")
   scale = int(long_side) * 1.0 / max(height, width)
@@ -161,7 +170,7 @@ def preprocess_shape(height: int, width: int,
   return new_height, new_width
 
 
-def _as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
   """Checks a uint8 image and returns it as a contiguous HxWx3 array.
 
   Args:
@@ -205,7 +214,7 @@ def resize_longest_side(image: np.ndarray,
   Raises:
     ValueError: on another dtype or shape.
   """
-  image = _as_rgb_uint8(image)
+  image = as_rgb_uint8(image)
   new_height, new_width = preprocess_shape(image.shape[0], image.shape[1],
                                            long_side)
   resized = Image.fromarray(image).resize((new_width, new_height),
@@ -230,7 +239,7 @@ def normalize_and_pad(resized_image: np.ndarray,
     (image_size, image_size, 3) float32, roughly in [-2.2, 2.7] inside the
     top-left (h, w) corner and 0 in the padding.
   """
-  resized_image = _as_rgb_uint8(resized_image, "resized_image")
+  resized_image = as_rgb_uint8(resized_image, "resized_image")
   height, width = resized_image.shape[:2]
   if height > image_size or width > image_size:
     raise ValueError(f"resized_image of size {(height, width)} does not fit in "
@@ -256,7 +265,7 @@ def preprocess(image: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE
     info: the original and resized sizes, for `apply_coords`,
       `apply_boxes` and `postprocess_logits`.
   """
-  image = _as_rgb_uint8(image)
+  image = as_rgb_uint8(image)
   resized = resize_longest_side(image, image_size)
   info = ImageInfo(original_size=image.shape[:2],
                    resized_size=resized.shape[:2], image_size=image_size)
@@ -279,8 +288,8 @@ def apply_coords(coords: np.ndarray, original_size: Sequence[int],
   Returns:
     (..., 2) float32 (x, y) in model-input pixels.
   """
-  old_height, old_width = _as_size(original_size, "original_size")
-  new_height, new_width = _as_size(resized_size, "resized_size")
+  old_height, old_width = as_size(original_size, "original_size")
+  new_height, new_width = as_size(resized_size, "resized_size")
   coords = np.array(coords, dtype=np.float64)
   if coords.ndim == 0 or coords.shape[-1] != 2:
     raise ValueError(f"coords must have shape (..., 2), got {coords.shape}")
@@ -334,7 +343,7 @@ def resize_logits_to(logits: jax.Array, size: Sequence[int]) -> jax.Array:
   if logits.ndim < 2:
     raise ValueError(f"logits must have shape (..., h, w), got {logits.shape}")
   dtype = jnp.promote_types(logits.dtype, jnp.float32)
-  size = _as_size(size, "size")
+  size = as_size(size, "size")
   return jax.image.resize(logits.astype(dtype), logits.shape[:-2] + size,
                           method="linear", antialias=False)
 
@@ -368,8 +377,8 @@ def upscale_logits(low_res_logits: jax.Array, image_size: int,
   Returns:
     (..., H, W) float32 logits (> 0 is foreground).
   """
-  resized_size = _as_size(resized_size, "resized_size")
-  original_size = _as_size(original_size, "original_size")
+  resized_size = as_size(resized_size, "resized_size")
+  original_size = as_size(original_size, "original_size")
   image_size = int(image_size)
   if max(resized_size) > image_size:
     raise ValueError(f"resized_size={resized_size} does not fit in "
@@ -411,18 +420,119 @@ def postprocess_masks(low_res_logits: jax.Array, info: ImageInfo,
 
 
 # ----------------------------------------------------------------------------
+# Intensities.
+# ----------------------------------------------------------------------------
+
+INTENSITY_NONE = "none"
+INTENSITY_FORMS = ("minmax", "window:LO,HI", "percentile:P_LO,P_HI")
+
+
+@dataclasses.dataclass(frozen=True)
+class IntensityPolicy:
+  """How pixel values of any depth become 0-255.
+
+  Attributes:
+    kind: "minmax" (the image's min -> 0, max -> 255), "window" (`low` -> 0,
+      `high` -> 255, clipped outside: CT-style windows in the file's units,
+      e.g. Hounsfield), "percentile" (the `low`-th and `high`-th percentiles
+      -> 0 and 255, clipped), or "none" (8-bit pixels kept as they are).
+    low, high: the window bounds or percentiles (None for minmax / none).
+  """
+  kind: str
+  low: Optional[float] = None
+  high: Optional[float] = None
+
+  def __str__(self) -> str:
+    if self.low is None:
+      return self.kind
+    return f"{self.kind}:{self.low:g},{self.high:g}"
+
+
+def parse_intensity(text: Optional[str],
+                    flag: str = "--intensity") -> Optional[IntensityPolicy]:
+  """Parses `minmax`, `window:LO,HI` or `percentile:P_LO,P_HI` (None: None).
+
+  Raises:
+    ValueError: naming `flag` for an unknown policy or bad bounds.
+  """
+  if text is None:
+    return None
+  kind, _, bounds = text.strip().partition(":")
+  if kind == "minmax" and not bounds:
+    return IntensityPolicy("minmax")
+  if kind in ("window", "percentile") and bounds:
+    parts = bounds.split(",")
+    try:
+      low, high = (float(part) for part in parts)
+    except ValueError:
+      low = high = float("nan")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+      raise ValueError(f"{flag}={text!r}: expected {kind}:LO,HI with finite "
+                       "numbers and LO < HI")
+    if kind == "percentile" and not 0 <= low < high <= 100:
+      raise ValueError(f"{flag}={text!r}: percentiles must satisfy "
+                       "0 <= P_LO < P_HI <= 100")
+    return IntensityPolicy(kind, low, high)
+  raise ValueError(f"{flag}={text!r}: unknown intensity policy; expected one "
+                   f"of {', '.join(INTENSITY_FORMS)}")
+
+
+def apply_intensity(pixels: np.ndarray, policy: Optional[IntensityPolicy],
+                    name: str) -> Tuple[np.ndarray, str]:
+  """Brings decoded pixels to 8 bits with an intensity policy.
+
+  8-bit pixels stay untouched without a policy; anything else (16-bit,
+  signed, float) defaults to `minmax`. Values are scaled to [0, 255] over all
+  channels together and truncated to uint8, as MedSAM's own CT/MR
+  pre-processing does (`np.uint8(scaled)`).
+
+  Args:
+    pixels: (H, W) or (H, W, C) decoded pixels, any real dtype or bool.
+    policy: a parsed policy, or None for the default.
+    name: the file (or flag) named in error messages.
+
+  Returns:
+    (uint8 pixels of the input's shape, the policy applied as a string:
+    "none", "minmax", "window:LO,HI" or "percentile:P_LO,P_HI").
+
+  Raises:
+    ValueError: naming `name` for non-finite pixels, or for a constant image
+      under `minmax` / `percentile` (there is no range to scale).
+  """
+  if pixels.dtype == np.bool_:
+    pixels = pixels.astype(np.uint8) * 255
+  if policy is None:
+    if pixels.dtype == np.uint8:
+      return pixels, INTENSITY_NONE
+    policy = IntensityPolicy("minmax")
+  if not (np.issubdtype(pixels.dtype, np.integer)
+          or np.issubdtype(pixels.dtype, np.floating)):
+    raise ValueError(f"{name}: {pixels.dtype} pixels are not supported")
+  values = pixels.astype(np.float64)
+  if not np.all(np.isfinite(values)):
+    raise ValueError(f"{name}: the image holds non-finite pixels (NaN or "
+                     "Inf); fix the file or mask them before segmenting")
+  if policy.kind == "window":
+    low, high = policy.low, policy.high
+  elif policy.kind == "percentile":
+    low, high = np.percentile(values, [policy.low, policy.high])
+  else:
+    low, high = values.min(), values.max()
+  if not high > low:
+    raise ValueError(
+        f"{name}: the image is constant ({low:g}) under --intensity="
+        f"{policy}; there is no intensity range to scale")
+  scaled = (np.clip(values, low, high) - low) / (high - low) * 255.0
+  return scaled.astype(np.uint8), str(policy)
+
+
+# ----------------------------------------------------------------------------
 # Image files.
 # ----------------------------------------------------------------------------
 
 
 def _to_rgb(image: np.ndarray, path: PathLike) -> np.ndarray:
-  """(H, W), (H, W, 1|2|3|4) uint8/bool array -> (H, W, 3) uint8 RGB."""
-  if image.dtype == np.bool_:
-    image = image.astype(np.uint8) * 255
-  if image.dtype != np.uint8:
-    raise ValueError(f"{path}: {image.dtype} pixels are not supported "
-                     "(expected 8 bits per channel); convert the image to "
-                     "8-bit first")
+  """(H, W), (H, W, 1|2|3|4) uint8 array -> (H, W, 3) uint8 RGB."""
   if image.ndim == 3 and image.shape[-1] in (2, 4):  # Gray+alpha or RGBA.
     image = image[..., :-1]
   if image.ndim == 3 and image.shape[-1] == 1:
@@ -456,16 +566,15 @@ def _read_tiff(path: PathLike) -> np.ndarray:
   return image
 
 
-_PIL_MODES_TOO_DEEP = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+# One channel of more than 8 bits (or float): read as they are.
+_PIL_MODES_DEEP = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _read_with_pil(path: PathLike) -> np.ndarray:
   with Image.open(path) as image:
-    if image.mode in _PIL_MODES_TOO_DEEP:
-      raise ValueError(f"PIL mode {image.mode!r} pixels are not supported "
-                       "(expected 8 bits per channel); convert the image to "
-                       "8-bit first")
     image.load()  # Decodes now, so truncated files fail here.
+    if image.mode in _PIL_MODES_DEEP:
+      return np.asarray(image)
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
       image = image.convert("RGBA")
       return np.asarray(image)[..., :3]
@@ -474,38 +583,94 @@ def _read_with_pil(path: PathLike) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_image(path: PathLike) -> np.ndarray:
-  """Reads an image file as an RGB uint8 array.
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+  """An image file as the model sees it, with what was learnt reading it.
+
+  Attributes:
+    pixels: (H, W, 3) uint8 RGB, values 0-255.
+    intensity: the intensity policy applied ("none" for 8-bit pixels kept
+      as they are; see `apply_intensity`).
+    dtype: the dtype of the decoded pixels (or voxels) before the policy.
+    spacing: (row, column) pixel spacing in mm for NIfTI/DICOM, else None.
+    volume: for a NIfTI slice, a `simsam_jax.medical.VolumeSlice` (shape,
+      affine, axis and index, to write the mask back); else None.
+  """
+  pixels: np.ndarray
+  intensity: str = INTENSITY_NONE
+  dtype: str = "uint8"
+  spacing: Optional[Tuple[float, float]] = None
+  volume: Any = None
+
+
+def read_image(path: PathLike, intensity: Optional[IntensityPolicy] = None,
+               slice_index: Optional[int] = None,
+               axis: int = 2) -> LoadedImage:
+  """Reads an image file (or one slice of a volume) for the model.
 
   PNG, JPEG and everything else Pillow reads go through Pillow; `.tif` /
-  `.tiff` go through `tifffile` (Pillow cannot open CVC-ClinicDB's 3-sample
-  MinIsBlack TIFFs). Grayscale is replicated to 3 channels, an alpha channel
-  is dropped, EXIF orientation is not applied.
+  `.tiff` through `tifffile` (Pillow cannot open CVC-ClinicDB's 3-sample
+  MinIsBlack TIFFs); `.nii` / `.nii.gz` and `.dcm` through nibabel and
+  pydicom (`simsam_jax.medical`, the `medical` extra). Pixels deeper than
+  8 bits, signed or float are brought to 0-255 by `intensity`
+  (`apply_intensity`: `minmax` by default). Grayscale is replicated to 3
+  channels, an alpha channel is dropped, EXIF orientation is not applied.
 
   Args:
     path: file path.
-
-  Returns:
-    (H, W, 3) uint8 RGB, values 0-255.
+    intensity: the policy (`parse_intensity`), or None for the default.
+    slice_index: for a NIfTI volume, the slice to read (required for 3-D
+      volumes); must be None for other files.
+    axis: the NIfTI voxel axis `slice_index` runs along (0, 1 or 2).
 
   Raises:
     FileNotFoundError: when `path` does not exist.
-    ValueError: when the file is not a readable image, is truncated, or has
-      more than 8 bits per channel; the message names the file.
+    ValueError: when the file is not a readable image, is truncated, holds
+      non-finite or constant values, or a slice is asked of a 2-D image;
+      the message names the file.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"image file not found: {path}")
   if not os.path.isfile(path):
     raise ValueError(f"not a file: {path}")
+  from simsam_jax import medical  # pylint: disable=import-outside-toplevel
+  kind = medical.medical_kind(path)
+  if kind is None and slice_index is not None:
+    raise ValueError(f"{path}: --slice only applies to NIfTI volumes "
+                     "(.nii, .nii.gz)")
   suffix = os.path.splitext(path)[1].lower()
+  spacing = volume = None
   try:
-    if suffix in _TIFF_SUFFIXES:
+    if kind == medical.NIFTI:
+      volume = medical.read_nifti_slice(path, slice_index, axis)
+      image, spacing = volume.pixels, volume.spacing
+    elif kind == medical.DICOM:
+      image, spacing = medical.read_dicom(path)
+    elif suffix in _TIFF_SUFFIXES:
       image = _read_tiff(path)
     else:
       image = _read_with_pil(path)
+  except medical.MedicalFormatError as error:
+    raise ValueError(f"{path}: {error}") from error
   # Decoders raise many unrelated types (OSError, SyntaxError, ValueError,
   # zlib.error, struct.error, ...); all mean "cannot read this file".
   except Exception as error:  # pylint: disable=broad-exception-caught
     raise ValueError(f"cannot read image {path}: {error}") from error
-  return _to_rgb(image, path)
+  if image.ndim == 3 and image.shape[-1] in (2, 4):  # Drop alpha first.
+    image = image[..., :-1]
+  dtype = str(image.dtype)
+  image, applied = apply_intensity(image, intensity, path)
+  return LoadedImage(pixels=_to_rgb(image, path), intensity=applied,
+                     dtype=dtype, spacing=spacing,
+                     volume=None if volume is None else volume.without_pixels())
+
+
+def load_image(path: PathLike,
+               intensity: Optional[IntensityPolicy] = None) -> np.ndarray:
+  """`read_image(path, intensity).pixels`: (H, W, 3) uint8 RGB, 0-255.
+
+  Raises:
+    FileNotFoundError, ValueError: as `read_image`; messages name the file.
+  """
+  return read_image(path, intensity).pixels

@@ -5,7 +5,11 @@
       [--clicks=topk] [--aggregation=iou_medoid] [--mask_prompt=binary] \\
       [--seed=0] [--ground_truth=MASK] [--overlay=overlay.png] \\
       [--save_debug=debug.npz] [--save_logits=lowres.npy] \\
-      [--precision=float32|bfloat16] [--attention_impl=xla|cudnn]
+      [--precision=float32|bfloat16] [--attention_impl=xla|cudnn] \\
+      [--profile=medsam] [--intensity=window:-160,240]
+
+  python -m simsam_jax.segment --checkpoint=DIR --image=scan.nii.gz \\
+      --slice=K [--axis=2] --box=x0,y0,x1,y1 --out=mask.nii.gz
 
   python -m simsam_jax.segment --method=sam --checkpoint=DIR --image=PATH \\
       [--box=x0,y0,x1,y1] [--point=x,y,label ...] --out=mask.png \\
@@ -33,8 +37,8 @@ attention (a CUDA GPU and bfloat16 only). Both are recorded in the JSON.
 Outputs, all written only once everything succeeded (temporary files in the
 destination folders, renamed into place at the end):
 
-* `--out` (.png): the binary mask at the input image's resolution, 8-bit,
-  values 0 and 255 (SAM: logits > 0 after `processing.postprocess_logits`;
+* `--out` (.png; .nii.gz / .nii for a NIfTI input, see below): the binary
+  mask at the input image's resolution, 8-bit, values 0 and 255 (SAM: logits > 0 after `processing.postprocess_logits`;
   SimSAM: `SimSamOutput.mask`).
 * the same path with `.json`, keys: `method` ("sam" / "simsam");
   `checkpoint` (spec, random_weights, preset, architecture, seed, path,
@@ -71,10 +75,30 @@ destination folders, renamed into place at the end):
 
 `--checkpoint` is a folder written by `simsam_jax.checkpoint`, or
 `random:PRESET[:SEED]` for randomly initialised weights (smoke tests and
-benchmarks only: the masks mean nothing). `--image` is a PNG/JPEG/TIFF path or
+benchmarks only: the masks mean nothing). `--image` is a PNG/JPEG/TIFF path,
+a NIfTI volume (`.nii`, `.nii.gz`: one slice, `--slice=K` along voxel
+`--axis`, default 2), a single-frame DICOM file (`.dcm`), or
 `synthetic[:SEED[:HxW]]` (`simsam_jax.synthetic`); for a synthetic image
 without `--box` (and, for SAM, without `--point`), the phantom's
-ground-truth box is the prompt.
+ground-truth box is the prompt. NIfTI/DICOM need the `medical` extra.
+
+Medical inputs:
+
+* `--profile`: the preprocessing profile (`simsam_jax.profiles`: `sam`,
+  `medsam`, or a registered one). By default the checkpoint's (recorded by
+  `convert --profile`; `random:` specs use `sam`); a different value
+  overrides it with a logged warning.
+* `--intensity`: `minmax`, `window:LO,HI` (in the file's units, e.g.
+  Hounsfield) or `percentile:P_LO,P_HI`, how pixels deeper than 8 bits,
+  signed or float become 0-255 (`processing.apply_intensity`; default
+  `minmax` for them, 8-bit images untouched unless given).
+* `--out=mask.nii.gz` (or `.nii`), for a NIfTI `--image` only: a uint8 0/1
+  volume of the input's shape and affine with the segmented slice filled
+  (`medical.nifti_mask_bytes`); the JSON goes beside it as `mask.json`.
+* The JSON adds `checkpoint.profile` and `checkpoint.profile_source`
+  ("checkpoint", "flag" or "default"), `image.intensity`, `image.dtype`,
+  `image.spacing` ((row, column) mm or null) and `image.volume` (shape,
+  axis, slice, spacing, affine; null for 2-D files).
 
 The module is a thin absl `main` over importable steps, so that other
 code can reuse them: `parse_box`, `parse_point`, `parse_simsam_config`,
@@ -108,7 +132,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from simsam_jax import overlay as overlay_lib
-from simsam_jax import processing, synthetic
+from simsam_jax import processing, profiles, synthetic
 from simsam_jax.checkpoint import CheckpointError, load_model, read_sidecar
 from simsam_jax.modeling import (ATTENTION_IMPLS, PRECISIONS, Policy, SamConfig,
                                  SamFunctions, build_sam, get_preset,
@@ -119,6 +143,7 @@ from simsam_jax.simsam import (AGGREGATIONS, CLICK_STRATEGIES, MASK_PROMPTS,
 
 RANDOM_PREFIX = "random"
 MASK_SUFFIX = ".png"
+NIFTI_MASK_SUFFIXES = (".nii.gz", ".nii")
 LOGITS_SUFFIX = ".npy"
 METADATA_SUFFIX = ".json"
 OVERLAY_SUFFIX = ".png"
@@ -319,8 +344,9 @@ def check_output_paths(out: str, save_logits: Optional[str],
       `save_logits` in .npy or `save_debug` in .npz, when a path is a
       folder, or when two outputs would collide.
   """
-  if not out or not out.lower().endswith(MASK_SUFFIX):
-    raise SegmentError(f"--out={out!r} must name a {MASK_SUFFIX} file")
+  if not out or not out.lower().endswith((MASK_SUFFIX,) + NIFTI_MASK_SUFFIXES):
+    raise SegmentError(f"--out={out!r} must name a {MASK_SUFFIX} file (or "
+                       ".nii.gz / .nii for a NIfTI --image)")
   for path, flag, suffix in ((save_logits, "save_logits", LOGITS_SUFFIX),
                              (overlay, "overlay", OVERLAY_SUFFIX),
                              (save_debug, "save_debug", DEBUG_SUFFIX)):
@@ -344,8 +370,16 @@ def check_output_paths(out: str, save_logits: Optional[str],
 
 
 def metadata_path(out: str) -> str:
-  """The JSON written beside the mask: same folder and stem, `.json`."""
+  """The JSON written beside the mask: same folder and stem, `.json`
+  (`mask.nii.gz` -> `mask.json`)."""
+  for suffix in NIFTI_MASK_SUFFIXES:
+    if out.lower().endswith(suffix):
+      return out[:-len(suffix)] + METADATA_SUFFIX
   return os.path.splitext(out)[0] + METADATA_SUFFIX
+
+
+def is_nifti_path(path: str) -> bool:
+  return path.lower().endswith(NIFTI_MASK_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------
@@ -411,7 +445,8 @@ def describe_checkpoint(spec: str) -> dict:
   Returns:
     JSON-ready dict: spec, random_weights, preset, seed, path,
     source_format, source_sha256, source_path, image_size (the model's
-    input side S).
+    input side S), profile (the sidecar's preprocessing profile; "sam" for
+    random weights).
 
   Raises:
     SegmentError: for a missing folder, an unreadable sidecar, a malformed
@@ -423,7 +458,8 @@ def describe_checkpoint(spec: str) -> dict:
     return {"spec": spec, "random_weights": True, "preset": preset,
             "seed": seed, "path": None, "source_format": None,
             "source_sha256": None, "source_path": None,
-            "image_size": get_preset(preset).image_size}
+            "image_size": get_preset(preset).image_size,
+            "profile": profiles.DEFAULT_PROFILE}
   if not os.path.exists(spec):
     raise SegmentError(f"--checkpoint={spec!r}: checkpoint folder not found")
   if not os.path.isdir(spec):
@@ -441,7 +477,8 @@ def describe_checkpoint(spec: str) -> dict:
           "source_format": source.get("format"),
           "source_sha256": source.get("sha256"),
           "source_path": source.get("path"),
-          "image_size": sidecar["config"].image_size}
+          "image_size": sidecar["config"].image_size,
+          "profile": sidecar["profile"]}
 
 
 def parse_policy(precision: Optional[str] = None,
@@ -488,6 +525,37 @@ def load_sam(spec: str, policy: Policy = Policy()) -> LoadedSam:
                    description=description, policy=policy)
 
 
+def sam_profile(sam: LoadedSam) -> profiles.Profile:
+  """The preprocessing profile `sam` runs under (`description["profile"]`)."""
+  return profiles.get(sam.description.get("profile", profiles.DEFAULT_PROFILE))
+
+
+def with_profile(sam: LoadedSam, override: Optional[str]) -> LoadedSam:
+  """`sam` under its checkpoint's profile, or under `--profile=override`.
+
+  The description records `profile` and `profile_source` ("checkpoint",
+  "flag", or "default" for random weights); an override that differs from
+  the checkpoint's profile is logged as a warning. The compiled engines are
+  shared.
+
+  Raises:
+    SegmentError: naming --profile for an unregistered name.
+  """
+  recorded = sam.description.get("recorded_profile",
+                                 sam.description.get("profile",
+                                                     profiles.DEFAULT_PROFILE))
+  try:
+    name, source = profiles.resolve(recorded, override)
+  except ValueError as error:
+    raise SegmentError(f"--checkpoint={sam.description['spec']!r}: {error}"
+                       if override is None else str(error)) from None
+  if source == "checkpoint" and sam.description.get("random_weights"):
+    source = "default"
+  description = {**sam.description, "profile": name, "profile_source": source,
+                 "recorded_profile": recorded}
+  return dataclasses.replace(sam, description=description)
+
+
 def simsam_engine(sam: LoadedSam, config: SimSamConfig) -> SimSam:
   """The `SimSam` engine over `sam`'s weights for `config`, cached in `sam`.
 
@@ -517,27 +585,49 @@ class InputImage:
       y1) inclusive ints; None for a file.
     synthetic_mask: for a synthetic image, the (H, W) bool ground-truth
       mask; None for a file.
+    loaded: for a file, what `processing.read_image` learnt (intensity
+      policy, source dtype, spacing, NIfTI volume); None for a phantom.
   """
   pixels: np.ndarray
   spec: str
   synthetic_box: Optional[Tuple[int, int, int, int]] = None
   synthetic_mask: Optional[np.ndarray] = None
+  loaded: Optional[processing.LoadedImage] = None
 
 
-def load_input_image(spec: str) -> InputImage:
-  """Loads `--image`: a file (`processing.load_image`) or a phantom.
+def load_input_image(spec: str, intensity: Optional[str] = None,
+                     slice_index: Optional[int] = None,
+                     axis: int = 2) -> InputImage:
+  """Loads `--image`: a file (`processing.read_image`) or a phantom.
+
+  Args:
+    spec: the `--image` value.
+    intensity: `--intensity` (`processing.parse_intensity`), or None.
+    slice_index, axis: `--slice` and `--axis` for a NIfTI volume.
 
   Raises:
-    SegmentError: for a missing or unreadable file or a malformed synthetic
-      spec; the message names the flag and the file.
+    SegmentError: for a missing or unreadable file, a malformed synthetic
+      spec or intensity policy, non-finite or constant pixels, or a bad
+      slice; the message names the flag and the file.
   """
+  try:
+    policy = processing.parse_intensity(intensity)
+  except ValueError as error:
+    raise SegmentError(str(error)) from None
   try:
     generated = synthetic.parse_image_spec(spec)
     if generated is not None:
+      if slice_index is not None:
+        raise SegmentError("--slice only applies to a NIfTI --image")
       image, mask, box = generated
+      if policy is not None:
+        image = processing.apply_intensity(image, policy, spec)[0]
       return InputImage(pixels=image, spec=spec, synthetic_box=box,
                         synthetic_mask=mask)
-    return InputImage(pixels=processing.load_image(spec), spec=spec)
+    loaded = processing.read_image(spec, policy, slice_index, axis)
+    return InputImage(pixels=loaded.pixels, spec=spec, loaded=loaded)
+  except SegmentError:
+    raise
   except (OSError, ValueError) as error:
     raise SegmentError(f"--image={spec!r}: {error}") from None
 
@@ -710,8 +800,9 @@ def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
   fns, state = sam.fns, sam.state
   timings, compile_ms = {}, {}
 
+  profile = sam_profile(sam)
   (pixels, info), timings["preprocess"] = _timed(
-      processing.preprocess, image, sam.config.image_size)
+      profile.preprocess, image, sam.config.image_size)
   pixels = pixels[None]
   boxes, point_coords, point_labels = model_prompts(box, points, info)
 
@@ -732,11 +823,11 @@ def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
   chosen_index = int(np.argmax(iou_predictions)) if multimask else 0
 
   chosen = jnp.asarray(low_res_logits[chosen_index])
-  _, compile_ms["postprocess"] = _timed(processing.postprocess_logits,
+  # "sam": `processing.postprocess_logits(chosen, info) > MASK_THRESHOLD`.
+  _, compile_ms["postprocess"] = _timed(profile.masks,
                                         jnp.zeros_like(chosen), info)
-  upscaled, timings["postprocess"] = _timed(processing.postprocess_logits,
-                                            chosen, info)
-  mask = np.asarray(upscaled) > MASK_THRESHOLD
+  upscaled, timings["postprocess"] = _timed(profile.masks, chosen, info)
+  mask = np.asarray(upscaled)
 
   return SamResult(
       mask=mask, low_res_logits=low_res_logits,
@@ -825,7 +916,7 @@ def run_simsam(sam: LoadedSam, config: SimSamConfig, image: np.ndarray,
   timings, compile_ms = {}, {}
 
   (pixels, info), timings["preprocess"] = _timed(
-      processing.preprocess, image, sam.config.image_size)
+      sam_profile(sam).preprocess, image, sam.config.image_size)
   box_array = np.asarray(box, np.float32)
   try:
     engine.check(info, box_array, ground_truth)
@@ -875,6 +966,17 @@ def _encode_png(mask: np.ndarray) -> bytes:
   Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer,
                                                              format="PNG")
   return buffer.getvalue()
+
+
+def _encode_mask(mask: np.ndarray, out: str, volume: Optional[Any]) -> bytes:
+  """The `--out` file's bytes: a 0/255 PNG, or a NIfTI mask volume."""
+  if not is_nifti_path(out):
+    return _encode_png(mask)
+  if volume is None:
+    raise SegmentError(f"--out={out!r}: a NIfTI mask needs a NIfTI --image")
+  from simsam_jax import medical  # pylint: disable=import-outside-toplevel
+  return medical.nifti_mask_bytes(volume, mask,
+                                  compressed=out.lower().endswith(".gz"))
 
 
 def _encode_npy(array: np.ndarray) -> bytes:
@@ -978,11 +1080,23 @@ def jax_environment() -> dict:
 
 def _image_metadata(image: InputImage) -> dict:
   height, width = image.pixels.shape[:2]
+  loaded = image.loaded
+  volume = None if loaded is None else loaded.volume
   return {"spec": image.spec,
           "path": None if image.synthetic_box is not None
                   else os.path.abspath(image.spec),
           "synthetic": image.synthetic_box is not None,
-          "height": height, "width": width}
+          "height": height, "width": width,
+          "intensity": processing.INTENSITY_NONE if loaded is None
+                       else loaded.intensity,
+          "dtype": "uint8" if loaded is None else loaded.dtype,
+          "spacing": None if loaded is None or loaded.spacing is None
+                     else list(loaded.spacing),
+          "volume": None if volume is None else volume.describe()}
+
+
+def _input_volume(image: InputImage) -> Optional[Any]:
+  return None if image.loaded is None else image.loaded.volume
 
 
 def _outputs_metadata(out: str, save_logits: Optional[str],
@@ -1145,8 +1259,9 @@ def build_simsam_metadata(result: SimSamResult, config: SimSamConfig,
 def write_outputs(result: Any, metadata: dict, out: str,
                   save_logits: Optional[str] = None,
                   overlay: Optional[Tuple[str, np.ndarray]] = None,
-                  debug: Optional[Tuple[str, dict]] = None) -> None:
-  """Writes the mask PNG, the JSON beside it and the optional files.
+                  debug: Optional[Tuple[str, dict]] = None,
+                  volume: Optional[Any] = None) -> None:
+  """Writes the mask (PNG or NIfTI), the JSON beside it and the optional files.
 
   All or nothing (`write_files_atomically`).
 
@@ -1160,11 +1275,14 @@ def write_outputs(result: Any, metadata: dict, out: str,
     save_logits: .npy path or None.
     overlay: (.png path, (H, W, 3) uint8 image) or None.
     debug: (.npz path, {name: array}) or None.
+    volume: the `medical.VolumeSlice` of a NIfTI input, needed when `out`
+      ends in .nii.gz / .nii (a mask volume of the input's shape and
+      affine with this slice filled).
 
   Raises:
     SegmentError: when a file cannot be written (nothing is left behind).
   """
-  contents = {out: _encode_png(result.mask),
+  contents = {out: _encode_mask(result.mask, out, volume),
               metadata_path(out): (json.dumps(metadata, indent=2) +
                                    "\n").encode("utf-8")}
   if save_logits is not None:
@@ -1225,7 +1343,10 @@ def segment(*, checkpoint: str, image: str, out: str,
             mask_prompt: Optional[str] = None, seed: Optional[int] = None,
             ground_truth: Optional[str] = None, overlay: Optional[str] = None,
             save_debug: Optional[str] = None, precision: Optional[str] = None,
-            attention_impl: Optional[str] = None) -> dict:
+            attention_impl: Optional[str] = None,
+            profile: Optional[str] = None,
+            intensity: Optional[str] = None,
+            slice_index: Optional[int] = None, axis: int = 2) -> dict:
   """Runs the command on flag values; returns the metadata it wrote.
 
   Every input is checked before the model is built, so bad flags fail fast
@@ -1251,6 +1372,10 @@ def segment(*, checkpoint: str, image: str, out: str,
     precision: `--precision`, "float32" or "bfloat16"; attention_impl:
       `--attention_impl`, "xla" or "cudnn". None: the defaults (float32,
       xla), or `sam`'s when `sam` is given (a different value is an error).
+    profile: `--profile`, overriding the checkpoint's preprocessing
+      profile (logged as a warning when it differs), or None.
+    intensity: `--intensity` policy string, or None (module docstring).
+    slice_index, axis: `--slice` and `--axis` for a NIfTI `--image`.
 
   Raises:
     SegmentError: on any expected error (the message names the flag/file).
@@ -1276,10 +1401,21 @@ def segment(*, checkpoint: str, image: str, out: str,
   parsed_points = [parse_point(text) for text in points]
   # Fails fast, before the image is read or the model built.
   description = sam.description if sam else describe_checkpoint(checkpoint)
-  input_image = load_input_image(image)
+  if profile is not None and profile not in profiles.PROFILES:
+    raise SegmentError(f"--profile={profile!r}: unknown preprocessing "
+                       f"profile; known: {', '.join(profiles.names())}")
+  if axis not in (0, 1, 2):
+    raise SegmentError(f"--axis={axis!r}: must be 0, 1 or 2")
+  input_image = load_input_image(image, intensity, slice_index, axis)
+  if is_nifti_path(out) and (input_image.loaded is None
+                             or input_image.loaded.volume is None):
+    raise SegmentError(f"--out={out!r}: a NIfTI mask needs a NIfTI --image "
+                       "(its shape and affine); write a .png instead")
   image_size = input_image.pixels.shape[:2]
+  profile_name = profile or description.get("profile",
+                                            profiles.DEFAULT_PROFILE)
   try:
-    processing.preprocess_shape(*image_size, description["image_size"])
+    profiles.get(profile_name).geometry(image_size, description["image_size"])
   except ValueError as error:
     raise SegmentError(f"--image={image!r}: {error}") from None
   box_source = None if parsed_box is None else "flag"
@@ -1313,6 +1449,7 @@ def segment(*, checkpoint: str, image: str, out: str,
 
   if sam is None:
     sam = load_sam(checkpoint, policy)
+  sam = with_profile(sam, profile)
   if sam.description["random_weights"]:
     logging.warning("RANDOM WEIGHTS (%s): the mask is meaningless; use a "
                     "converted checkpoint folder for real segmentations.",
@@ -1340,7 +1477,8 @@ def _segment_sam(sam: LoadedSam, input_image: InputImage, box: Optional[Box],
     point_labels = np.asarray([point[2] for point in points], np.int32)
     overlay_file = (overlay, overlay_lib.draw_overlay(
         input_image.pixels, result.mask, box, xy, point_labels))
-  write_outputs(result, metadata, out, save_logits, overlay_file)
+  write_outputs(result, metadata, out, save_logits, overlay_file,
+                volume=_input_volume(input_image))
   logging.info(
       "%s: %dx%d mask, foreground %.2f%%, IoU %.3f (mask %d of %d)%s; "
       "encode %.1f ms, decode %.1f ms, compile %.0f ms [%s] -> %s",
@@ -1374,7 +1512,8 @@ def _segment_simsam(sam: LoadedSam, config: SimSamConfig,
   debug_file = None
   if save_debug is not None:
     debug_file = (save_debug, debug_arrays(output))
-  write_outputs(result, metadata, out, save_logits, overlay_file, debug_file)
+  write_outputs(result, metadata, out, save_logits, overlay_file, debug_file,
+                volume=_input_volume(input_image))
   summary = metadata["simsam"]
   logging.info(
       "%s: %dx%d SimSAM mask (K=%d %s/%s/%s), foreground %.2f%% (SAM "
@@ -1451,6 +1590,19 @@ flags.DEFINE_string(
     "attention_impl", Policy.attention_impl,
     f"Attention implementation, one of: {', '.join(ATTENTION_IMPLS)} (cudnn: "
     "CUDA GPU and --precision=bfloat16 only).")
+flags.DEFINE_string(
+    "profile", None,
+    f"Preprocessing profile, one of: {', '.join(profiles.names())}; default: "
+    "the checkpoint's (random: specs use sam). Overriding it logs a warning.")
+flags.DEFINE_string(
+    "intensity", None,
+    "How pixels deeper than 8 bits, signed or float become 0-255: minmax "
+    "(their default), window:LO,HI (e.g. CT window in Hounsfield units) or "
+    "percentile:P_LO,P_HI. 8-bit images are untouched unless given.")
+flags.DEFINE_integer("slice", None, "NIfTI --image: the slice index along "
+                     "--axis.")
+flags.DEFINE_integer("axis", 2, "NIfTI --image: the voxel axis (0, 1, 2) "
+                     "--slice runs along.")
 
 
 def _given(name: str) -> Any:
@@ -1472,6 +1624,9 @@ def main(argv: Sequence[str]) -> None:
             multimask=FLAGS.multimask, method=FLAGS.method,
             overlay=FLAGS.overlay, precision=FLAGS.precision,
             attention_impl=FLAGS.attention_impl,
+            profile=FLAGS.profile,
+            intensity=FLAGS.intensity, slice_index=FLAGS.slice,
+            axis=FLAGS.axis,
             **{name: _given(name) for name in SIMSAM_ONLY_FLAGS})
   except SegmentError as error:
     message = " ".join(str(error).split())  # Always a single line.

@@ -2,7 +2,8 @@
 
 * `load_sam_model(spec, precision, attention_impl)`: a SAM from a converted
   checkpoint folder or from `random:PRESET[:SEED]`, computing in `precision`
-  with `attention_impl`, and a JSON-ready description of where it came from.
+  with `attention_impl`, and a JSON-ready description of where it came from
+  (and its preprocessing profile: the sidecar's, "sam" for random weights).
 * `write_atomic(path, data)`: write to a temporary sibling, then rename.
 * `config_dict(config)`: an `ml_collections.ConfigDict` as plain JSON data.
 * `refuse_changed_config(workdir, current, keys)`: a workdir's recorded run
@@ -44,7 +45,8 @@ def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = 
       model = build_sam(get_preset(parts[1]), seed, **run_options)
     except (IndexError, ValueError) as e:
       raise ValueError(f"--config.checkpoint={spec}: {e}") from None
-    return model, {"spec": spec, "random_weights": True, "sha256": None}
+    return model, {"spec": spec, "random_weights": True, "sha256": None,
+                   "profile": "sam"}
   try:
     meta = read_sidecar(spec)
     model = load_model(spec, **run_options)
@@ -52,7 +54,7 @@ def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = 
     raise ValueError(f"--config.checkpoint={spec}: {e}") from None
   return model, {"spec": spec, "random_weights": False, "path": os.path.abspath(spec),
                  "sha256": meta["source"].get("sha256"), "source": meta["source"],
-                 "preset": meta.get("preset")}
+                 "preset": meta.get("preset"), "profile": meta["profile"]}
 
 
 def write_atomic(path: str, data: Union[str, bytes]) -> None:

@@ -226,3 +226,64 @@ def shared_sample_files(root: pathlib.Path) -> list:
     gt = isic / "ISBI2016_ISIC_Part1_Training_GroundTruth" / (img.stem + "_Segmentation.png")
     pairs.append((f"isic/{img.name}", "isic2016", img, [gt]))
   return pairs
+
+
+# ----------------------------------------------------------------------------
+# nifti_folder.
+# ----------------------------------------------------------------------------
+
+NIFTI_SHAPE = (28, 24, 6)
+NIFTI_ZOOMS = (0.8, 1.3, 3.0)
+NIFTI_NAMES = ("case_1", "case_2", "case_3", "case_10")
+
+
+def make_nifti_tree(root: pathlib.Path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """A nifti_folder manual_dir: imagesTr/ + labelsTr/ with 4 tiny volumes
+  (anisotropic voxels, rotated affine; labels on slices 1, 2 and 4, two
+  classes); returns {name: (image, label)} as written."""
+  import nibabel as nib  # pylint: disable=import-outside-toplevel
+  (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+  (root / "labelsTr").mkdir(exist_ok=True)
+  volumes = {}
+  for n, name in enumerate(NIFTI_NAMES):
+    rng = np.random.default_rng(n)
+    image = rng.normal(0, 30, NIFTI_SHAPE).astype(np.float32)
+    label = np.zeros(NIFTI_SHAPE, np.uint8)
+    for k, (x0, y0, size) in {1: (3, 4, 6), 2: (5, 6, 9 + n), 4: (8, 2, 4)}.items():
+      label[x0:x0 + size, y0:y0 + size + 2, k] = 1 + (k == 4)  # two classes
+    image[label > 0] += 400
+    affine = np.diag(NIFTI_ZOOMS + (1.0,))
+    affine[:3, 3] = (-10, 5, 2 * n)
+    affine[:2, :2] = [[0, -NIFTI_ZOOMS[1]], [NIFTI_ZOOMS[0], 0]]  # rotated in-plane
+    suffix = "_0000.nii.gz" if n % 2 else ".nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / (name + suffix))
+    nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / (name + ".nii.gz"))
+    volumes[name] = (image, label)
+  (root / "imagesTr" / "README.txt").write_text("ignored")
+  return volumes
+
+
+def write_dicom(path: pathlib.Path, pixels: np.ndarray, slope: float = 2.0,
+                intercept: float = -1024.0,
+                spacing: Tuple[float, float] = (0.5, 0.7)) -> None:
+  """A single-frame CT DICOM file of signed 16-bit `pixels` (H, W), with
+  RescaleSlope / RescaleIntercept and PixelSpacing, written by pydicom."""
+  import pydicom  # pylint: disable=import-outside-toplevel
+  from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=import-outside-toplevel
+  from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian,  # pylint: disable=import-outside-toplevel
+                           generate_uid)
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = CTImageStorage
+  meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+  ds.Modality, ds.PhotometricInterpretation = "CT", "MONOCHROME2"
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+  ds.PixelRepresentation = 1
+  ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+  ds.PixelSpacing = list(spacing)
+  ds.PixelData = pixels.astype(np.int16).tobytes()
+  pydicom.dcmwrite(path, ds, enforce_file_format=True)

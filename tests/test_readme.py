@@ -25,7 +25,10 @@ What is checked:
     them: tiny random SAM checkpoints (the `tiny` preset, built with
     tests/torch_reference.py) saved as the official `.pth` / Hugging Face
     folder / bare `model.safetensors` under the names the command uses,
-    converted into `checkpoints/sam_vit_b` for the commands that load it;
+    converted into `checkpoints/sam_vit_b` for the commands that load it
+    (and, with `--profile=medsam`, into `checkpoints/medsam_vit_b`);
+    `scan.nii.gz` and `slice.dcm` (built with nibabel and pydicom; a NIfTI
+    `--out` is checked with nibabel against the scan's shape and affine);
     fake dataset trees (tests/data_fixtures.py) at the `--config.manual_dir`
     path under a HOME inside the test's tmp folder (so `~/data/busi`
     resolves there); `benign.png`; `configs` is a symlink to the repository's
@@ -115,7 +118,12 @@ DATASET_TREES: Dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
     "busi": lambda root: data_fixtures.make_busi_tree(root, BUSI_CASES),
     "cvc_clinicdb": lambda root: data_fixtures.make_cvc_tree(root, CVC_FRAMES),
     "isic2016": lambda root: data_fixtures.make_isic_tree(root),
+    "nifti_folder": data_fixtures.make_nifti_tree,
 }
+# The README's medical inputs, written into the workspace: a CT-like volume
+# (rows x columns of a slice along axis 2: 48 x 64) and a DICOM slice (60 x 80).
+SCAN_SHAPE = (64, 48, 20)
+DICOM_SIZE = (60, 80)
 
 
 # ----------------------------------------------------------------------------
@@ -396,6 +404,8 @@ def workspace(tmp_path_factory):
   cwd.mkdir()
   (cwd / "configs").symlink_to(REPO / "configs", target_is_directory=True)
   convert_checkpoint(str(pth), str(cwd / "checkpoints" / "sam_vit_b"))
+  convert_checkpoint(str(pth), str(cwd / "checkpoints" / "medsam_vit_b"), profile="medsam")
+  write_medical_inputs(cwd)
   rng = np.random.default_rng(0)
   Image.fromarray(rng.integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)).save(
       cwd / "benign.png")
@@ -405,6 +415,22 @@ def workspace(tmp_path_factory):
       (cwd / name).write_text(code.lstrip("\n") + "\n")
   yield ws
   ws.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def write_medical_inputs(cwd: pathlib.Path) -> None:
+  """scan.nii.gz (Hounsfield-like int16, rotated anisotropic affine) and
+  slice.dcm (CT, RescaleSlope/Intercept, PixelSpacing), built with nibabel and
+  pydicom."""
+  import nibabel as nib
+  rng = np.random.default_rng(5)
+  volume = rng.normal(0, 60, SCAN_SHAPE).astype(np.int16)
+  volume[20:38, 14:28, 8:16] += 180
+  affine = np.array([[0, -0.9, 0, 40.0], [0.8, 0, 0, -20.0], [0, 0, 2.5, 10.0], [0, 0, 0, 1]])
+  nib.save(nib.Nifti1Image(volume, affine), cwd / "scan.nii.gz")
+  stored = rng.integers(900, 1300, DICOM_SIZE).astype(np.int16)
+  stored[18:38, 22:48] += 300
+  data_fixtures.write_dicom(cwd / "slice.dcm", stored, slope=1.0, intercept=-1024.0,
+                            spacing=(0.7, 0.7))
 
 
 def _job(ws: Workspace, command: str) -> Callable[[], object]:
@@ -507,6 +533,7 @@ def run_convert(ws: Workspace, command: str) -> Result:
   sidecar = read_sidecar(str(dst))
   assert sidecar["source"]["format"] == expected, sidecar["source"]
   assert sidecar["preset"] == "tiny"
+  assert sidecar["profile"] == flags.get("profile", "sam")
   assert (dst / "params").is_dir()
   assert f"Converted {expected}" in result.stdout, result.stdout
   return result
@@ -521,14 +548,32 @@ def run_segment(ws: Workspace, command: str) -> Result:
   result = ws.run(command, home, overrides=overrides).check()
   cwd = ws.cwd
   out = _in(cwd, home, str(flags["out"]))
-  metadata = json.loads(out.with_suffix(".json").read_text())
+  metadata = json.loads(pathlib.Path(segment_lib.metadata_path(str(out))).read_text())
   assert metadata["method"] == method
-  mask = np.asarray(Image.open(out))
+  image = str(flags["image"])
+  if segment_lib.is_nifti_path(str(out)):  # a volume of the input's geometry
+    import nibabel as nib
+    volume, scan = nib.load(out), nib.load(_in(cwd, home, image))
+    assert volume.shape == scan.shape
+    np.testing.assert_allclose(volume.affine, scan.affine)
+    data = np.asarray(volume.dataobj)
+    k = int(flags["slice"])
+    assert data.sum() == data[:, :, k].sum() > 0
+    mask = data[:, :, k].T.astype(np.uint8) * 255
+  else:
+    mask = np.asarray(Image.open(out))
   assert mask.dtype == np.uint8 and mask.ndim == 2
   assert set(np.unique(mask)) <= {0, 255}
   assert mask.shape == (metadata["image"]["height"], metadata["image"]["width"])
-  if not str(flags["image"]).startswith("synthetic"):
-    assert mask.shape == np.asarray(Image.open(_in(cwd, home, str(flags["image"])))).shape[:2]
+  if "intensity" in flags:
+    assert metadata["image"]["intensity"] == flags["intensity"]
+  if "profile" in flags or "medsam" in str(flags["checkpoint"]):
+    assert metadata["checkpoint"]["profile"] == flags.get("profile", "medsam")
+  if not image.startswith("synthetic"):
+    from simsam_jax import processing
+    pixels = processing.read_image(_in(cwd, home, image),
+                                   slice_index=flags.get("slice") and int(flags["slice"]))
+    assert mask.shape == pixels.pixels.shape[:2]
   if "overlay" in flags:
     overlay = Image.open(_in(cwd, home, str(flags["overlay"])))
     assert overlay.size == (mask.shape[1], mask.shape[0])

@@ -136,7 +136,9 @@ def test_synthetic_single_mask_writes_every_output(tiny_sam, tmp_path):
   assert written["box_source"] == "synthetic_ground_truth"
   assert written["points"] == [] and written["multimask"] is False
   assert written["image"] == {"spec": "synthetic", "path": None,
-                              "synthetic": True, "height": 300, "width": 400}
+                              "synthetic": True, "height": 300, "width": 400,
+                              "intensity": "none", "dtype": "uint8",
+                              "spacing": None, "volume": None}
   checkpoint = written["checkpoint"]
   assert checkpoint["random_weights"] is True
   assert (checkpoint["preset"], checkpoint["seed"]) == ("tiny", SEED)

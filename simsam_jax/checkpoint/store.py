@@ -4,8 +4,11 @@ A converted checkpoint is a folder:
 
   params/          Orbax (StandardCheckpointer) checkpoint of the model state
                    as a pure nested dict of float32 arrays.
-  simsam_jax.json  sidecar: architecture (`SamConfig` fields), source format,
-                   source path and sha256, library version.
+  simsam_jax.json  sidecar: architecture (`SamConfig` fields), preprocessing
+                   profile (`simsam_jax.profiles`: "sam", "medsam", ...),
+                   source format, source path and sha256, library version.
+                   A sidecar without "profile" (written before profiles
+                   existed) reads as "sam".
 
 Restoring needs neither torch nor the source file. Checkpoints hold float32
 weights only: the compute precision and attention implementation are chosen
@@ -32,6 +35,7 @@ from simsam_jax.modeling.policy import DTypeLike, make_policy
 from simsam_jax.modeling.sam import Sam, split_abstract_sam
 
 SIDECAR = "simsam_jax.json"
+DEFAULT_PROFILE = "sam"
 PARAMS = "params"
 FORMAT_VERSION = 1
 
@@ -49,8 +53,11 @@ def matching_preset(config: SamConfig) -> str | None:
 
 
 def save_checkpoint(dst: str, state: nnx.State, config: SamConfig,
-                    source: dict[str, Any]) -> None:
+                    source: dict[str, Any], profile: str = DEFAULT_PROFILE) -> None:
   """Writes `dst` atomically: into a temporary sibling, then renamed.
+
+  `profile` names the preprocessing the weights were trained with
+  (`simsam_jax.profiles`); tools read it from the sidecar.
 
   Raises FileExistsError if `dst` exists; nothing is left at `dst` on error.
   """
@@ -69,6 +76,7 @@ def save_checkpoint(dst: str, state: nnx.State, config: SamConfig,
         "format_version": FORMAT_VERSION,
         "architecture": config.to_dict(),
         "preset": matching_preset(config),
+        "profile": profile,
         "source": source,
         "num_parameters": int(sum(np.size(x) for x in jax.tree.leaves(pure))),
     }
@@ -94,6 +102,9 @@ def read_sidecar(ckpt_dir: str) -> dict[str, Any]:
     with open(path) as f:
       meta = json.load(f)
     meta["config"] = SamConfig.from_dict(meta["architecture"])
+    meta.setdefault("profile", DEFAULT_PROFILE)
+    if not isinstance(meta["profile"], str):
+      raise ValueError(f"profile must be a string, got {meta['profile']!r}")
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CheckpointError(ckpt_dir, [f"unreadable {SIDECAR}: {e}"]) from e
   return meta

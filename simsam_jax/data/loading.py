@@ -23,17 +23,19 @@ from simsam_jax.data import protocols
 from simsam_jax.data.busi import Busi
 from simsam_jax.data.cvc_clinicdb import CvcClinicdb
 from simsam_jax.data.isic2016 import Isic2016
+from simsam_jax.data.nifti_folder import NiftiFolder
 from simsam_jax.data.phantom import Phantom
 
 BUILDERS = {"busi": Busi, "cvc_clinicdb": CvcClinicdb, "isic2016": Isic2016,
-            "phantom": Phantom}
+            "phantom": Phantom, "nifti_folder": NiftiFolder}
 SPLITS = ("train", "validation", "test")
 PathLike = Union[str, os.PathLike]
 
 
 def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
                 on_bad_example: str = "raise") -> _builder.LocalBuilder:
-  """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016", "phantom")."""
+  """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016",
+  "phantom", "nifti_folder")."""
   cls = BUILDERS[protocols.canonical_dataset(name)]
   kwargs: Dict[str, Any] = {"data_dir": os.fspath(data_dir),
                             "on_bad_example": on_bad_example}

@@ -57,7 +57,9 @@ from PIL import Image
 
 # `phantom` is the generated dataset (simsam_jax.data.phantom), prepared like
 # BUSI.
-DATASETS = ("busi", "cvc_clinicdb", "isic2016", "phantom")
+# `nifti_folder` (simsam_jax.data.nifti_folder) is any folder of NIfTI
+# volumes; its examples carry their physical pixel spacing.
+DATASETS = ("busi", "cvc_clinicdb", "isic2016", "phantom", "nifti_folder")
 _ALIASES = {"cvc": "cvc_clinicdb", "cvc612": "cvc_clinicdb",
             "cvc_clinic_db": "cvc_clinicdb", "isic": "isic2016",
             "isic_2016": "isic2016"}
@@ -136,7 +138,9 @@ class PreparedExample:
     image: (H, W, 3) uint8 RGB, values 0-255.
     mask: (H, W) bool ground truth.
     box: (4,) float32 `[x_min, y_min, x_max, y_max]` in pixels of `image`.
-    spacing: (1.0, 1.0): pixel spacing for NSD (tolerances in pixels).
+    spacing: (row, column) pixel spacing for NSD: (1.0, 1.0) (tolerances
+      in pixels), or the example's physical "spacing" (mm, NIfTI) scaled by
+      the protocol's resize.
     original_size: (height, width) of the stored image.
     file_names: image file then mask file(s), relative to the manual_dir.
   """
@@ -288,6 +292,11 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
       raw = resize_mask_pil(raw, mode, size, protocol.mask_resize)
   mask = raw > protocol.threshold(dataset)
   box = box_from_mask(mask, protocol.empty_box)
+  spacing = (1.0, 1.0)
+  if example.get("spacing") is not None:
+    row, column = (float(v) for v in np.asarray(example["spacing"]).reshape(2))
+    height, width = original_size
+    spacing = (row * height / mask.shape[0], column * width / mask.shape[1])
   files = [_text(example.get("image_file", ""))]
   files += [_text(name) for name in np.atleast_1d(
       np.asarray(example.get("mask_files", []), dtype=object))]
@@ -296,7 +305,7 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
       image=np.ascontiguousarray(image, dtype=np.uint8),
       mask=np.ascontiguousarray(mask),
       box=box,
-      spacing=(1.0, 1.0),
+      spacing=spacing,
       original_size=original_size,
       file_names=tuple(files),
   )

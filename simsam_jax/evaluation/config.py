@@ -2,7 +2,10 @@
 
 from ml_collections import ConfigDict
 
-DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": "", "phantom": "default"}
+DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": "", "phantom": "default",
+            # nifti_folder: "labelled" (every slice with foreground) or
+            # "largest" (the largest-area slice per volume).
+            "nifti_folder": "labelled"}
 ALIASES = {"cvc": "cvc_clinicdb", "isic": "isic2016"}
 
 
@@ -29,6 +32,12 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   c.seed = 0
   c.split = "test"  # train, validation, test or all
   c.nsd_tolerance = 2.0  # pixels (spacing 1, 1)
+  # Datasets with a physical spacing (nifti_folder): NSD tolerance in mm;
+  # when set (> 0) it replaces nsd_tolerance and spacing is in mm.
+  c.nsd_tolerance_mm = 0.0
+  # "" = the checkpoint's preprocessing profile (simsam_jax.profiles); a
+  # name overrides it (logged as a warning).
+  c.profile = ""
   c.empty_mask_policy = "nan"  # both masks empty: metric NaN (excluded from means)
   c.save_masks = False
   c.num_figures = 8

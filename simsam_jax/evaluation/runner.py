@@ -27,8 +27,9 @@ the device.
 
 Deviations from the one-image path (`SimSam.run_from_embedding`), each
 deliberate:
-  * The SAM mask is `low_res_to_original(first_low) > 0` of the shared first
-    stage; SimSAM's `sam_mask` is the same computation.
+  * The SAM mask is `pipeline.low_res_masks(first_low)` (the profile's
+    decision) of the shared first stage; SimSAM's `sam_mask` is the same
+    computation.
   * With several images per device, XLA runs the batched (vmapped) ops at
     other shapes than a one-image run and may sum in another order: logits
     can differ in their last bits, and a near-tie (a top-K click, the chosen
@@ -58,7 +59,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from simsam_jax import processing
+from simsam_jax import processing, profiles
 from simsam_jax.evaluation.metrics import EmptyMaskPolicy
 from simsam_jax.simsam import pipeline
 from simsam_jax.simsam.engine import check_box
@@ -121,7 +122,7 @@ class Item:
 
 def prefetch(entries: Sequence[tuple[dict, Any]], prepare: Callable[[dict], Any],
              image_size: int, seed: int, num_threads: Optional[int] = None,
-             buffer_size: int = 16) -> Iterator[Item]:
+             buffer_size: int = 16, profile: str = "sam") -> Iterator[Item]:
   """Prepares `entries` = [(example, extra)] in background threads, in order.
 
   `prepare(example) -> PreparedExample` may raise ValueError (or a
@@ -135,10 +136,11 @@ def prefetch(entries: Sequence[tuple[dict, Any]], prepare: Callable[[dict], Any]
     except ValueError as e:  # DatasetError is a ValueError
       item.error = str(e)
       return item
-    item.pixels, item.info = processing.preprocess(item.prepared.image, image_size)
+    item.pixels, item.info = preprocess(item.prepared.image, image_size)
     item.key_data = np.asarray(jax.random.key_data(image_key(seed, item.prepared.id)))
     return item
 
+  preprocess = profiles.get(profile).preprocess
   if num_threads is None:
     num_threads = max(1, min(4, (os.cpu_count() or 2) - 1))
   dataset = grain.MapDataset.source(list(entries)).map(load)
@@ -189,11 +191,15 @@ class BatchRunner:
     batch_size: images per step, a multiple of the number of `devices`.
     policy: empty-mask policy of DSC and IoU.
     devices: devices to shard images over (default: the local devices).
+    profile: the preprocessing profile (`simsam_jax.profiles`) the images are
+      prepared with (`prefetch(..., profile=...)`); masks come back through it.
   """
 
   def __init__(self, model, methods: dict[str, Optional[pipeline.SimSamConfig]],
-               batch_size: int, policy: EmptyMaskPolicy, devices=None):
+               batch_size: int, policy: EmptyMaskPolicy, devices=None,
+               profile: str = "sam"):
     self.methods = dict(methods)
+    self.profile = profiles.get(profile)
     self.batch_size = int(batch_size)
     self.image_size = model.config.image_size
     devices = list(jax.local_devices() if devices is None else devices)
@@ -213,7 +219,7 @@ class BatchRunner:
       embedding = model.encode_image(pixels[None])[0]
       key = jax.random.wrap_key_data(key_data)
       first_low, first_iou = pipeline.box_only(model, embedding, box, info)
-      sam_mask = pipeline.low_res_to_original(first_low, info, m) > 0
+      sam_mask = pipeline.low_res_masks(first_low, info, m)
       out = {}
       if "sam" in self.methods:
         dsc, iou = _overlap(sam_mask, gt, policy)

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from simsam_jax import processing
+from simsam_jax import processing, profiles
 from simsam_jax.modeling.policy import DTypeLike
 from simsam_jax.modeling.sam import Sam, with_policy
 from simsam_jax.simsam import pipeline
@@ -125,10 +125,11 @@ class SimSam:
     return self._from_embedding(self.state, embedding, jnp.asarray(box, jnp.float32),
                                 key, _gt(ground_truth), info)
 
-  def segment(self, image: np.ndarray, box, key=None,
-              ground_truth=None) -> pipeline.SimSamOutput:
-    """uint8 (H, W, 3) image -> SimSamOutput (pre-processing on the host)."""
-    pixels, info = processing.preprocess(image, self.model_config.image_size)
+  def segment(self, image: np.ndarray, box, key=None, ground_truth=None,
+              profile: str = "sam") -> pipeline.SimSamOutput:
+    """uint8 (H, W, 3) image -> SimSamOutput (pre-processing on the host,
+    by the `simsam_jax.profiles` profile named `profile`)."""
+    pixels, info = profiles.get(profile).preprocess(image, self.model_config.image_size)
     return self.run(pixels, box, info, key, ground_truth)
 
   def run_batch(self, pixels, boxes, info: processing.ImageInfo, keys=None,

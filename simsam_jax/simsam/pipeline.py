@@ -35,6 +35,10 @@ Deviations from the published PyTorch data flow, each deliberate:
     low-res logits brought to the original size by SAM's bilinear round trip
     (`low_res_to_original`). At 256 x 256 both are exactly the published
     behaviour: masks are the raw low-res logits > 0.
+  * Under another preprocessing profile (`info.profile`, see
+    `simsam_jax.profiles`; e.g. MedSAM's square resize), boxes, clicks and
+    the mask prompt go through that profile's geometry (`resized_size`) and
+    logits come back by its resampling and decision (`low_res_scores`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from simsam_jax import processing
+from simsam_jax import profiles
 from simsam_jax.modeling.sam import Sam
 from simsam_jax.simsam.aggregation import AGGREGATIONS, Aggregation, mean_pairwise_iou
 from simsam_jax.simsam.clicks import CLICK_STRATEGIES
@@ -146,21 +151,28 @@ def low_res_to_original(low_res: jax.Array, info: processing.ImageInfo,
   When the image is the low-res grid itself (a square M x M image, e.g. the
   paper's 256 x 256 protocol, where low-res logits "line up pixel-for-pixel
   with the labels"), the raw low-res values are returned unchanged, as the
-  published code does for its masks; otherwise SAM's bilinear round trip.
+  published code does for its masks; otherwise the profile's resampling
+  (`info.profile`; SAM's bilinear round trip for "sam").
   """
   if (tuple(info.original_size) == (m, m)
       and tuple(info.resized_size) == (info.image_size, info.image_size)):
     return low_res
-  return processing.upscale_logits(low_res, info.image_size, info.resized_size,
-                                   info.original_size)
+  return profiles.get(info.profile).to_original(low_res, info)
+
+
+def low_res_masks(low_res_logits: jax.Array, info: processing.ImageInfo,
+                  m: int) -> jax.Array:
+  """(..., M, M) logits -> (..., H, W) bool masks under `info.profile`
+  (`low_res_to_original` of the profile's scores, > 0; "sam": logits > 0)."""
+  scores = profiles.get(info.profile).low_res_scores(low_res_logits)
+  return low_res_to_original(scores, info, m) > 0
 
 
 def first_probabilities(first_low_res_logits: jax.Array,
                         info: processing.ImageInfo) -> jax.Array:
-  """(M, M) logits -> (H, W) probabilities via the published round trip."""
-  logits = processing.upscale_logits(first_low_res_logits, info.image_size,
-                                     info.resized_size, info.original_size)
-  return jax.nn.sigmoid(logits)
+  """(M, M) logits -> (H, W) probabilities via the profile's round trip
+  (`info.profile`; "sam": the published one, sigmoid after resampling)."""
+  return profiles.get(info.profile).probabilities(first_low_res_logits, info)
 
 
 def binary_in_low_res_frame(binary: jax.Array, info: processing.ImageInfo,
@@ -290,9 +302,12 @@ def finalize(cand: jax.Array, cand_iou: jax.Array, first_low: jax.Array,
     cand = jnp.concatenate([first_low[None], cand], 0)
     cand_iou = jnp.concatenate([first_iou[None], cand_iou], 0)
   result, agreement, confidence = aggregate(cand, cand_iou, config)
-  # Agreement is resampled like logits, then clipped back into [0, 1].
+  # Agreement is resampled like logits, then clipped back into [0, 1]; the
+  # masks are the profile's scores (the logits for "sam") resampled, > 0.
+  scores = profiles.get(info.profile).low_res_scores
   final, agreement_hw, sam = low_res_to_original(
-      jnp.stack([result.logits, agreement - 0.5, first_low]), info, m)
+      jnp.stack([scores(result.logits), agreement - 0.5, scores(first_low)]),
+      info, m)
   return SimSamOutput(
       mask=final > 0, low_res_logits=result.logits, chosen=result.chosen,
       scores=result.scores, clicks=clicks, labels=labels, candidate_logits=cand,

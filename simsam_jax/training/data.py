@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simsam_jax import processing
+from simsam_jax import processing, profiles
 from simsam_jax.data import protocols
 from simsam_jax.simsam import pipeline
 
@@ -53,17 +53,15 @@ class SplitArrays:
 
 
 def prepare_split(examples: Sequence[dict[str, Any]], protocol: protocols.Protocol,
-                  dataset: str, image_size: int) -> SplitArrays:
-  """Applies the protocol and maps boxes and masks into the model frames."""
+                  dataset: str, image_size: int, profile: str = "sam") -> SplitArrays:
+  """Applies the protocol and maps boxes and masks into the model frames of
+  the preprocessing `profile` (`simsam_jax.profiles`)."""
   m = image_size // processing.LOW_RES_DOWNSCALE
   ids, boxes, targets, infos, masks, images = [], [], [], [], [], []
   for example in sorted(examples, key=lambda e: e["id"]):
     prepared = protocols.prepare(example, protocol, dataset)
     height, width = prepared.image.shape[:2]
-    info = processing.ImageInfo(
-        original_size=(height, width),
-        resized_size=processing.preprocess_shape(height, width, image_size),
-        image_size=image_size)
+    info = profiles.get(profile).geometry((height, width), image_size)
     box = pipeline.to_model_frame(jnp.asarray(prepared.box, jnp.float32).reshape(2, 2), info)
     ids.append(prepared.id)
     boxes.append(np.asarray(box, np.float32).reshape(4))
@@ -112,7 +110,7 @@ def move_examples(source: SplitArrays, target: SplitArrays, ids: Sequence[str]
 
 
 def encode_images(encode: Callable, state, images: Sequence[np.ndarray],
-                  image_size: int) -> np.ndarray:
+                  image_size: int, profile: str = "sam") -> np.ndarray:
   """(N, G, G, C) float32 embeddings, one image at a time.
 
   Args:
@@ -120,10 +118,11 @@ def encode_images(encode: Callable, state, images: Sequence[np.ndarray],
     state: the model state.
     images: N (H, W, 3) uint8 RGB images.
     image_size: S.
+    profile: the `simsam_jax.profiles` preprocessing.
   """
   out = []
   for image in images:
-    pixels, _ = processing.preprocess(image, image_size)
+    pixels, _ = profiles.get(profile).preprocess(image, image_size)
     out.append(np.asarray(jax.device_get(encode(state, jnp.asarray(pixels)[None])))[0])
   return np.stack(out).astype(np.float32)
 
@@ -145,7 +144,8 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 
 def load_or_encode(split: SplitArrays, cache_dir: str, fields: dict[str, Any],
-                   encode: Callable, state, image_size: int) -> bool:
+                   encode: Callable, state, image_size: int,
+                   profile: str = "sam") -> bool:
   """Fills `split.embeddings` from the cache or by encoding (then caches).
 
   Returns True on a cache hit. A cache whose ids differ is recomputed.
@@ -160,7 +160,7 @@ def load_or_encode(split: SplitArrays, cache_dir: str, fields: dict[str, Any],
       split.embeddings = np.load(array_path)
       split.images = None
       return True
-  split.embeddings = encode_images(encode, state, split.images, image_size)
+  split.embeddings = encode_images(encode, state, split.images, image_size, profile)
   split.images = None
   os.makedirs(cache_dir, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".npy", dir=cache_dir)

@@ -87,6 +87,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from simsam_jax import workdir as workdir_lib
+from simsam_jax import profiles
 from simsam_jax.checkpoint import save_checkpoint
 from simsam_jax.data import loading, protocols, splitting
 from simsam_jax.data.common import DatasetError
@@ -100,7 +101,7 @@ from simsam_jax.training import losses
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "epochs", "batch_size",
                "learning_rate", "weight_decay", "seed", "iou_target_threshold",
                "train_split", "val_split", "nsd_tolerance", "loss", "max_grad_norm",
-               "weight_decay_mask", "split_scheme")
+               "weight_decay_mask", "split_scheme", "profile")
 DECODER = nnx.PathContains("mask_decoder")
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 VAL_CHUNK = 8
@@ -257,7 +258,7 @@ def validate(predict, params, frozen, split: train_data.SplitArrays,
   lows = np.concatenate(lows)[:n]
   scores = {"dsc": [], "nsd": []}
   for low, info, gt in zip(lows, split.infos, split.masks):
-    pred = np.asarray(pipeline.low_res_to_original(jnp.asarray(low), info, m)) > 0
+    pred = np.asarray(pipeline.low_res_masks(jnp.asarray(low), info, m))
     metrics = compute_metrics(pred, gt, tolerance=tolerance, policy="nan")
     for k in scores:
       scores[k].append(metrics[k])
@@ -431,6 +432,11 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   """
   protocol = validate_config(config)
   model, checkpoint_info = load_sam_model(config.checkpoint)
+  try:
+    profile, _ = profiles.resolve(checkpoint_info["profile"], config.get("profile") or None,
+                                  "--config.profile")
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   architecture = model.config.to_dict()
   check_workdir(workdir, config, json.loads(json.dumps(architecture)))
   image_size = model.config.image_size
@@ -439,7 +445,8 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   for role, split in (("train", config.train_split), ("val", config.val_split)):
     examples = load_examples(config, split)
     try:
-      splits[role] = train_data.prepare_split(examples, protocol, config.dataset, image_size)
+      splits[role] = train_data.prepare_split(examples, protocol, config.dataset, image_size,
+                                              profile)
     except (ValueError, DatasetError) as e:
       raise TrainingError(f"{config.dataset}/{split}: {e}") from None
   if not splits["train"].ids:
@@ -458,8 +465,11 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
               "builder_config": config.builder_config, "split": split_name,
               "protocol": str(config.protocol),
               "image_size": image_size}
+    if profile != profiles.DEFAULT_PROFILE:  # "sam" caches keep their keys
+      fields["profile"] = profile
     cache_hits[role] = train_data.load_or_encode(splits[role], cache_dir, fields,
-                                                 functions.encode, full_state, image_size)
+                                                 functions.encode, full_state, image_size,
+                                                 profile)
   del functions, full_state
 
   if moved:
@@ -560,7 +570,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     save_checkpoint(dst, state, model.config, {
         "format": "sam_ft", "base_checkpoint": checkpoint_info, "epoch": chosen_meta["epoch"],
         "step": chosen_meta["step"], "validation": chosen_meta["validation"][-1],
-        "config": _config_dict(config)})
+        "config": _config_dict(config)}, profile=profile)
   history = {"step_losses": meta["step_losses"],
              "epoch_losses": [v["train_loss"] for v in meta["validation"]],
              "validation": meta["validation"], "best_epoch": meta["best_epoch"],
