@@ -521,6 +521,33 @@ def test_cli_refuses_unknown_option_names(dataset, tmp_path, flag, field):
   assert not workdir.exists()
 
 
+def test_bfloat16_training_keeps_float32_master_weights(run, dataset, tmp_path):
+  """--config.precision=bfloat16: bf16 compute, float32 parameters, optimiser
+  state and loss; its own embedding cache; the float32 run's workdir refuses it."""
+  workdir = str(tmp_path / "bf16")
+  history = finetune(_config(dataset, precision="bfloat16", epochs=1), workdir,
+                     progress=False)
+  assert history["cache_hits"] == {"train": False, "val": False}  # not the float32 cache
+  losses = np.asarray(history["step_losses"])
+  assert losses.dtype == np.float64 and np.all(np.isfinite(losses))
+  assert history["step_losses"] != run[2]["step_losses"][:len(losses)]
+  exported = load_model(history["exports"]["last"])
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(exported))} == {np.dtype(np.float32)}
+  sidecar = read_sidecar(history["exports"]["last"])
+  assert "precision" not in json.dumps(sidecar)  # a run option, not architecture
+  with pytest.raises(TrainingError, match="precision"):
+    finetune(_config(dataset, precision="bfloat16"), run[0], progress=False)
+
+
+def test_cli_refuses_unknown_precision(dataset, tmp_path):
+  workdir = tmp_path / "w"
+  done = subprocess.run(_cli(dataset, workdir, "--config.precision=float16"), cwd=REPO,
+                        env=_env(), capture_output=True, text=True)
+  assert done.returncode != 0
+  assert "--config.precision" in done.stderr, done.stderr[-2000:]
+  assert not workdir.exists()
+
+
 def _saved_steps(workdir):
   folder = os.path.join(workdir, "checkpoints", "last")
   if not os.path.isdir(folder):

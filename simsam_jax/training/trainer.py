@@ -23,6 +23,12 @@ with no warm-up, and weight decay masked by `weight_decay_mask`:
       transformers' `Trainer` does, its SamLayerNorm being an nn.LayerNorm).
   "all": decay on every parameter.
 
+Precision (`config.precision`, `simsam_jax.modeling.policy`): in "bfloat16"
+the frozen encoder (embedding cache, keyed by the precision) and every
+training step compute matmuls and convolutions in bfloat16, while the
+trained parameters (master weights), their gradients and the optimiser
+state stay float32, as do the logits, the loss and the validation metrics.
+
 Deliberate deviations from the PyTorch optimisers, all far below float32
 noise at lr 1e-5: optax's AdamW adds eps to the bias-corrected sqrt(v)
 (transformers' AdamW adds it before the correction) and applies the decay to
@@ -101,7 +107,7 @@ from simsam_jax.training import losses
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "epochs", "batch_size",
                "learning_rate", "weight_decay", "seed", "iou_target_threshold",
                "train_split", "val_split", "nsd_tolerance", "loss", "max_grad_norm",
-               "weight_decay_mask", "split_scheme", "profile")
+               "weight_decay_mask", "split_scheme", "profile", "precision")
 DECODER = nnx.PathContains("mask_decoder")
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 VAL_CHUNK = 8
@@ -271,10 +277,10 @@ def validate(predict, params, frozen, split: train_data.SplitArrays,
 # ----------------------------------------------------------------------------
 
 
-def load_sam_model(spec: str):
+def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla"):
   """`simsam_jax.workdir.load_sam_model`, with errors as TrainingError."""
   try:
-    return workdir_lib.load_sam_model(spec)
+    return workdir_lib.load_sam_model(spec, precision, attention_impl)
   except ValueError as e:
     raise TrainingError(str(e)) from None
 
@@ -431,7 +437,8 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     TrainingError: bad config or workdir, before any work.
   """
   protocol = validate_config(config)
-  model, checkpoint_info = load_sam_model(config.checkpoint)
+  model, checkpoint_info = load_sam_model(config.checkpoint, config.get("precision", "float32"),
+                                          config.get("attention_impl", "xla"))
   try:
     profile, _ = profiles.resolve(checkpoint_info["profile"], config.get("profile") or None,
                                   "--config.profile")
@@ -465,6 +472,8 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
               "builder_config": config.builder_config, "split": split_name,
               "protocol": str(config.protocol),
               "image_size": image_size}
+    if model.policy.precision != "float32":  # float32 caches keep their keys
+      fields["precision"] = model.policy.precision
     if profile != profiles.DEFAULT_PROFILE:  # "sam" caches keep their keys
       fields["profile"] = profile
     cache_hits[role] = train_data.load_or_encode(splits[role], cache_dir, fields,
