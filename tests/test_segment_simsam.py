@@ -96,7 +96,7 @@ def default_run(tiny_sam, tmp_path_factory):
            "overlay": out_dir / "overlay.png", "debug": out_dir / "debug.npz",
            "logits": out_dir / "lowres.npy"}
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(segment, "load_sam", lambda spec: tiny_sam)
+    patch.setattr(segment, "load_sam", lambda spec, policy=None: tiny_sam)
     _run_main_in_process([
         f"--checkpoint={RANDOM_SPEC}", f"--image={PHANTOM_SPEC}",
         f"--out={paths['mask']}", f"--k={K}", f"--overlay={paths['overlay']}",
