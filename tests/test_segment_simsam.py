@@ -40,7 +40,7 @@ SAM_METADATA_KEYS = {
     "method", "checkpoint", "image", "box", "box_source", "points",
     "multimask", "iou_predictions", "chosen_index",
     "mask_foreground_fraction", "model_frame", "outputs", "timings_ms",
-    "compile_ms", "jax"}
+    "compile_ms", "jax", "precision", "attention_impl"}
 SIMSAM_BLOCK_KEYS = {
     "k", "clicks", "aggregation", "mask_prompt", "seed", "clicks_in_box",
     "include_box_only_mask", "num_candidates", "chosen_index", "confidence",
