@@ -126,8 +126,9 @@ def _paper_examples(root):
 
 @pytest.fixture(scope="module")
 def decisive_model(shared_data, tmp_path_factory):
-  """tiny_1024 with the official model's random weights, decisive and balanced
-  on a third of the images (as the mirror test), converted; plus the images."""
+  """tiny_1024 with the official model's random weights, scaled and balanced
+  on a third of the images exactly as the mirror test, converted; plus the
+  images."""
   config = get_preset("tiny_1024")
   examples = _paper_examples(shared_data)
   assert len(examples) >= 40
@@ -145,7 +146,7 @@ def decisive_model(shared_data, tmp_path_factory):
 def test_bfloat16_agrees_with_float32_on_every_real_image(decisive_model):
   model, examples = decisive_model
   engines = {p: SimSam(model, SimSamConfig(k=K), dtype=p) for p in PRECISIONS}
-  sam_agree, simsam_agree, sam_fg, click_overlap = [], [], [], []
+  sam_agree, simsam_agree, sam_fg, simsam_fg, click_overlap = [], [], [], [], []
   same_chosen = 0
   clicks = lambda o: {(int(x), int(y), int(l)) for (x, y), l in zip(o.clicks, o.labels)}
   for example in examples:
@@ -159,20 +160,25 @@ def test_bfloat16_agrees_with_float32_on_every_real_image(decisive_model):
     sam_agree.append(np.mean(f32.sam_mask == bf16.sam_mask))
     simsam_agree.append(np.mean(f32.mask == bf16.mask))
     sam_fg.append(f32.sam_mask.mean())
+    simsam_fg.append(f32.mask.mean())
     same_chosen += int(f32.chosen == bf16.chosen)
     a, b = clicks(f32), clicks(bf16)
     click_overlap.append(len(a & b) / len(a | b))
   n = len(examples)
-  sam_agree, simsam_agree, sam_fg, click_overlap = map(
-      np.asarray, (sam_agree, simsam_agree, sam_fg, click_overlap))
+  sam_agree, simsam_agree, sam_fg, simsam_fg, click_overlap = map(
+      np.asarray, (sam_agree, simsam_agree, sam_fg, simsam_fg, click_overlap))
   print(f"\nbfloat16 vs float32 on {n} real images (tiny_1024, K={K}): SAM mask "
         f"agreement min {100 * sam_agree.min():.3f} % mean {100 * sam_agree.mean():.3f} %; "
         f"SimSAM mask agreement min {100 * simsam_agree.min():.3f} % mean "
         f"{100 * simsam_agree.mean():.3f} %; same chosen candidate {same_chosen}/{n}; "
         f"click sets (x, y, label) Jaccard mean {click_overlap.mean():.3f}; SAM "
-        f"foreground {100 * sam_fg.min():.1f}-{100 * sam_fg.max():.1f} %")
-  # Decisive fixture: SAM masks have boundaries.
-  assert np.mean((sam_fg > 0.05) & (sam_fg < 0.95)) >= 0.9
+        f"foreground {100 * sam_fg.min():.1f}-{100 * sam_fg.max():.1f} %, SimSAM "
+        f"{100 * simsam_fg.min():.1f}-{100 * simsam_fg.max():.1f} %")
+  # Masks have boundaries (with these weights the box-only SAM mask is a
+  # periodic pattern of the upscaling kernels on every image; the SimSAM
+  # masks, decoded with clicks and mask prompts, depend on the image).
+  assert np.all((sam_fg > 0.05) & (sam_fg < 0.95))
+  assert np.mean((simsam_fg > 0.05) & (simsam_fg < 0.95)) >= 0.5
   assert sam_agree.min() >= 0.99
   assert simsam_agree.mean() >= 0.98
 

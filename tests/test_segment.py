@@ -38,7 +38,7 @@ METADATA_KEYS = {
     "method", "checkpoint", "image", "box", "box_source", "points",
     "multimask", "iou_predictions", "chosen_index",
     "mask_foreground_fraction", "model_frame", "outputs", "timings_ms",
-    "compile_ms", "jax"}
+    "compile_ms", "jax", "precision", "attention_impl"}
 
 
 @pytest.fixture(scope="module")

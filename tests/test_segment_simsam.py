@@ -40,7 +40,7 @@ SAM_METADATA_KEYS = {
     "method", "checkpoint", "image", "box", "box_source", "points",
     "multimask", "iou_predictions", "chosen_index",
     "mask_foreground_fraction", "model_frame", "outputs", "timings_ms",
-    "compile_ms", "jax"}
+    "compile_ms", "jax", "precision", "attention_impl"}
 SIMSAM_BLOCK_KEYS = {
     "k", "clicks", "aggregation", "mask_prompt", "seed", "clicks_in_box",
     "include_box_only_mask", "num_candidates", "chosen_index", "confidence",
@@ -96,7 +96,7 @@ def default_run(tiny_sam, tmp_path_factory):
            "overlay": out_dir / "overlay.png", "debug": out_dir / "debug.npz",
            "logits": out_dir / "lowres.npy"}
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(segment, "load_sam", lambda spec: tiny_sam)
+    patch.setattr(segment, "load_sam", lambda spec, policy=None: tiny_sam)
     _run_main_in_process([
         f"--checkpoint={RANDOM_SPEC}", f"--image={PHANTOM_SPEC}",
         f"--out={paths['mask']}", f"--k={K}", f"--overlay={paths['overlay']}",

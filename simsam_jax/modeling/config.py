@@ -3,6 +3,11 @@
 A `SamConfig` fully determines the shapes of every parameter, so that the
 converter can build the abstract model (`nnx.eval_shape`) and check a
 checkpoint against it tensor by tensor.
+
+Compute precision and attention implementation are run options, not
+architecture: they are not fields here (presets and checkpoint sidecars
+compare whole configs) but a `policy.Policy` given when a model is built or
+loaded.
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ def precision_name(dtype: DTypeLike) -> str:
     for name, known in PRECISIONS.items():
       if canonical == known:
         return name
+    if canonical is not None:
+      dtype = canonical.name
   raise ValueError(f"unknown precision {dtype!r}; use one of "
                    f"{', '.join(PRECISIONS)}")
 
