@@ -5,14 +5,17 @@ Hugging Face's own `SamProcessor` (resize, normalisation, coordinate scaling)
 and `post_process_masks` (probabilities and masks at the original size); the
 binary first prediction is placed in the low-res frame as simsam_jax
 documents it (pixel-centre nearest neighbour on the unpadded part, zeros at
-the bottom and right, where SAM pads the image). The JAX engine runs on the
+the bottom and right, where SAM pads the image); the K candidates are decoded
+by a float64 copy (see `native_simsam`). The JAX engine runs on the
 converted `save_pretrained` output of the same random weights (preset
 `tiny_1024`, SAM's full 1024 / 64 / 256 geometry), the single-mask output
 balanced so masks are two-signed (`torch_reference.balance_single_mask_`).
 
 Real samples at their own resolution (BUSI, ISIC and CVC frames are all
 non-square), ground-truth extremity box. Asserted per image: the click set
-and labels, candidate logits within 1e-3, the chosen candidate, the masks.
+and labels, candidate logits within 1e-3 of their scale (max |logit|, up to
+~250 here: the float64 reference shows float32 rounding amplified to ~1e-4
+of it), the chosen candidate, the masks.
 A mask prompt padded at the wrong corner or transposed must fail these
 checks by a wide margin (mutation tests).
 """
@@ -100,7 +103,7 @@ def setup(shared_data, tmp_path_factory):
   convert_checkpoint(folder, dst)
   model = load_model(dst)
   hf64 = copy.deepcopy(hf).double()
-  refs = {name: mirror.native_simsam(hf64, processor, image, box, K)
+  refs = {name: mirror.native_simsam(hf, processor, image, box, K, decoder=hf64)
           for name, image, box in samples}
   return {"samples": samples, "hf": hf, "model": model, "refs": refs,
           "engine": SimSam(model, SimSamConfig(k=K))}
@@ -136,11 +139,13 @@ def test_each_stage_matches_the_mirror(setup):
                                      jnp.asarray(ref["clicks"].numpy(), jnp.int32),
                                      jnp.asarray(ref["labels"].numpy(), jnp.int32), prompt, info)
     delta = np.abs(np.asarray(cand) - ref["candidates"].numpy()).max()
-    assert delta <= LOGIT_TOL, (name, delta)
+    scale = max(1.0, np.abs(ref["candidates"].numpy()).max())
+    assert delta <= LOGIT_TOL * scale, (name, delta, scale)
     result, _, _ = pipeline.aggregate(cand, jnp.zeros(K), SimSamConfig(k=K))
     assert int(result.chosen) == ref["chosen"], name
     choices.add(ref["chosen"])
-    print(f"{name} {image.shape[:2]}: candidate max|delta| {delta:.2e}, chosen {ref['chosen']}")
+    print(f"{name} {image.shape[:2]}: candidate max|delta| {delta:.2e} "
+          f"(max|logit| {scale:.0f}), chosen {ref['chosen']}")
   assert labels_seen == {0, 1}
   assert len(choices) > 1  # the medoid is not always candidate 0
 
@@ -178,6 +183,6 @@ def test_misplaced_mask_prompt_fails_by_a_wide_margin(setup, monkeypatch, mutati
     d = mirror.compare(engine.segment(image, box), setup["refs"][name], K)
     with pytest.raises(AssertionError):
       mirror.assert_matches(d, name, LOGIT_TOL)
-    worst = max(worst, d["max_logit_delta"])
-  print(mutation.__name__, "max candidate logit delta", worst)
+    worst = max(worst, d["relative_logit_delta"])
+  print(mutation.__name__, "max candidate logit delta / logit scale", worst)
   assert worst > 100 * LOGIT_TOL
