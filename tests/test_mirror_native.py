@@ -151,12 +151,15 @@ def test_each_stage_matches_the_mirror(setup):
 
 
 def test_end_to_end_at_native_size(setup):
-  nontrivial = 0
+  nontrivial, cutoff_ties = 0, []
   for name, image, box in setup["samples"]:
     ref = setup["refs"][name]
     d = mirror.compare(setup["engine"].segment(image, box), ref, K)
     print(name, d)
     mirror.assert_matches(d, name, LOGIT_TOL)
+    if not d["same_clicks"]:  # a near-tie at the top-K cut-off, see assert_matches
+      cutoff_ties.append(name)
+  assert len(cutoff_ties) <= 1, cutoff_ties
     fg = ref["mask"].numpy().mean()
     nontrivial += 0.01 < fg < 0.99
   assert nontrivial >= len(setup["samples"]) - 1
