@@ -165,16 +165,19 @@ def test_end_to_end_at_native_size(setup):
   assert nontrivial >= len(setup["samples"]) - 1
 
 
+_PLACEMENT = pipeline.binary_in_low_res_frame  # the real one, before any patch
+
+
 def _wrong_corner(binary, info, m):
   """Mutation: the unpadded region at the bottom right, zeros at the top left."""
-  right = pipeline.binary_in_low_res_frame(binary, info, m)
+  right = _PLACEMENT(binary, info, m)
   lh, lw = [int(np.ceil(r * m / info.image_size)) for r in info.resized_size]
   return jnp.pad(right[:lh, :lw], ((m - lh, 0), (m - lw, 0)))
 
 
 def _transposed(binary, info, m):
   """Mutation: the low-res frame transposed (rows and columns swapped)."""
-  return pipeline.binary_in_low_res_frame(binary, info, m).T
+  return _PLACEMENT(binary, info, m).T
 
 
 @pytest.mark.parametrize("mutation", [_wrong_corner, _transposed])
