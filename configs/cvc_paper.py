@@ -4,7 +4,10 @@ r"""CVC-ClinicDB, paper protocol: SAM, SimSAM and the Table 1 ablations.
       --config.data_dir=~/tensorflow_datasets --config.manual_dir=PATH_TO_DATASET \
       --config.checkpoint=checkpoints/sam_vit_b
 
-This is the published protocol (256 x 256, masks > 0, GT-extremity box, metrics at 256): expect, with the official ViT-B weights, numbers close to the paper's Table 1 (DSC / NSD, %):
+This is the published protocol (`src/corpora.py` `TIFFileReader`: colour
+frames and masks read with `tifffile.imread` and resized to 256 x 256 with
+`cv2.resize`, bilinear; masks > 0, grey noise included; GT-extremity box;
+metrics at 256): expect, with the official ViT-B weights, numbers close to the paper's Table 1 (DSC / NSD, %):
 
   SAM            86.8 ± 19.0 / 64.4 ± 23.3
   SimSAM         87.3 ± 20.0 / 69.2 ± 23.4

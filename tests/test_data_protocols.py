@@ -1,8 +1,11 @@
 """The `paper` and `native` protocols against the published code's own steps.
 
-The references re-do the published code's operations directly on the files:
-PIL `Image.open(p).resize((256, 256))` (default filter), `cv2.imread` +
-`cv2.resize` for CVC-ClinicDB, then `(mask > 0)` (`.max(-1)` for 3 channels).
+The references re-do the published code's operations (`src/corpora.py`)
+directly on the files: `DefaultFileReader`, PIL
+`Image.open(p).resize((256, 256))` (default filter), for BUSI and ISIC;
+`TIFFileReader`, `tifffile.imread` + `cv2.resize(x, (256, 256))` (bilinear),
+for CVC-ClinicDB frames and masks; then `PathDataset.preprocess`'s
+`(mask > 0).max(-1)` for 3-channel masks and `> 0` otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from data_fixtures import make_busi_tree
@@ -51,9 +55,7 @@ def test_protocol_registry_and_switches():
   assert PAPER.resize_to == 256 and PAPER.mask_threshold == 0
   assert PAPER.cvc_mask_threshold == 0 and PAPER.cvc_resize == "cv2_bilinear"
   assert PAPER.empty_box == "full_image"
-  assert PAPER.cvc_tiff_color == "cv2_first_sample"
   assert NATIVE.resize_to is None and NATIVE.cvc_mask_threshold == 127
-  assert NATIVE.cvc_tiff_color == "rgb"
   assert NATIVE.threshold("busi") == 0 and NATIVE.threshold("cvc") == 127
   with pytest.raises(dataclasses.FrozenInstanceError):
     PAPER.resize_to = 512  # type: ignore[misc]
@@ -143,42 +145,81 @@ def test_paper_rgb_mask_is_bicubic_then_positive(shared_data, tmp_path):
                                   _reference_box((rgb > 0).max(-1)))
 
 
-def test_paper_cvc_uses_cv2_and_counts_the_grey_noise(shared_data):
+def _published_tiff_reader(path):
+  """`src/corpora.py` `TIFFileReader.__call__`, transcribed."""
+  image = tifffile.imread(path)
+  image = cv2.resize(image, (256, 256))
+  return image
+
+
+def _published_label(ground_truth_mask):
+  """`PathDataset.preprocess`: 3 channels -> `(m > 0).max(-1)`; labels bool."""
+  if ground_truth_mask.ndim == 3:
+    ground_truth_mask = (ground_truth_mask > 0).max(axis=-1)
+  return np.array(ground_truth_mask).astype(bool)
+
+
+def _published_box(ground_truth_map):
+  """`src/corpora.py` `get_bounding_box` without perturbation."""
+  y_indices, x_indices = np.where(ground_truth_map > 0)
+  if len(x_indices) == 0:
+    return [0, 0, ground_truth_map.shape[1], ground_truth_map.shape[0]]
+  return [np.min(x_indices), np.min(y_indices), np.max(x_indices),
+          np.max(y_indices)]
+
+
+@pytest.fixture(scope="module")
+def real_cvc(shared_data, tmp_path_factory):
+  """Every real CVC frame as the builder stores it (TIFF pairs)."""
+  examples = load_split("cvc_clinicdb", "all", tmp_path_factory.mktemp("tfds"),
+                        shared_data / "cvc_clinicdb")
+  assert len(examples) == 12
+  return {e["id"]: e for e in examples}
+
+
+def test_paper_cvc_is_the_published_tiff_reader(real_cvc, shared_data):
   folder = shared_data / "cvc_clinicdb"
-  image_path = folder / "Original" / "12.tif"
-  mask_path = folder / "Ground Truth" / "12.tif"
-  example = _example(image_path, [mask_path], "cvc_12")
+  for example_id, example in sorted(real_cvc.items()):
+    assert example["source_format"] == "tiff"
+    prepared = prepare(example, "paper", "cvc_clinicdb")
+    image = _published_tiff_reader(folder / example["image_file"])
+    label = _published_label(_published_tiff_reader(
+        folder / example["mask_files"][0]))
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(prepared.image, image, err_msg=example_id)
+    np.testing.assert_array_equal(prepared.mask, label, err_msg=example_id)
+    np.testing.assert_array_equal(prepared.box, _published_box(label),
+                                  err_msg=example_id)
+    # Colour frames: a grey copy of one channel would differ almost
+    # everywhere (the checked premise of an earlier version).
+    grey = np.repeat(image[..., :1], 3, axis=-1)
+    assert np.mean(np.all(prepared.image == grey, axis=-1)) < 0.5, example_id
+
+
+def test_paper_cvc_counts_the_grey_noise(real_cvc, shared_data):
+  folder = shared_data / "cvc_clinicdb"
+  example = real_cvc["cvc_12"]
   raw = example["mask"]
   assert ((raw > 0) & (raw < 128)).any()  # grey noise
   prepared = prepare(example, "paper", "cvc_clinicdb")
-  # OpenCV decodes these MinIsBlack 3-sample TIFFs as grey: the first sample.
-  bgr = cv2.imread(str(image_path))
-  np.testing.assert_array_equal(bgr, np.repeat(example["image"][..., :1], 3,
-                                               -1))
-  np.testing.assert_array_equal(prepared.image, cv2.resize(bgr, (256, 256)))
-  colour = prepare(example, dataclasses.replace(PAPER, cvc_tiff_color="rgb"),
-                   "cvc_clinicdb")
-  np.testing.assert_array_equal(
-      colour.image, cv2.resize(example["image"], (256, 256)))
-  reference = (cv2.resize(cv2.imread(str(mask_path)), (256, 256)) > 0).max(-1)
-  np.testing.assert_array_equal(prepared.mask, reference)
-  np.testing.assert_array_equal(prepared.box, _reference_box(reference))
   clean = prepare(example, dataclasses.replace(PAPER, cvc_mask_threshold=127),
                   "cvc_clinicdb")
   assert clean.mask.sum() < prepared.mask.sum()
   native = prepare(example, "native", "cvc_clinicdb")
   np.testing.assert_array_equal(native.image, example["image"])  # colour
+  np.testing.assert_array_equal(native.image,
+                                tifffile.imread(folder / "Original" / "12.tif"))
   np.testing.assert_array_equal(native.mask, raw > 127)
   assert (native.mask != (raw > 0)).any()
   pil = prepare(example, dataclasses.replace(PAPER, cvc_resize="pil_default"),
                 "cvc_clinicdb")
   assert (pil.image != prepared.image).any()
-  # The PNG repack of the same frame keeps its colours under cv2 decoding.
+  # The PNG repack of the same frame gives the same prepared example.
   png = _example(folder / "PNG" / "Original" / "12.png",
                  [folder / "PNG" / "Ground Truth" / "12.png"], "cvc_12")
   np.testing.assert_array_equal(png["image"], example["image"])
   np.testing.assert_array_equal(prepare(png, "paper", "cvc_clinicdb").image,
-                                colour.image)
+                                prepared.image)
   np.testing.assert_array_equal(prepare(png, "paper", "cvc_clinicdb").mask,
                                 prepared.mask)
 

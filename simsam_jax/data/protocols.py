@@ -2,20 +2,16 @@
 
 Two protocols, each quirk a named switch of the frozen `Protocol`:
 
-* `paper` (SPEC section 2, the published code): image AND mask resized to
-  256x256 before anything else. PIL `Image.resize` with its default filter
-  (bicubic for RGB/L images, nearest for mode `1`/`P`), except CVC-ClinicDB,
-  which the published code reads with OpenCV: `cv2.resize` with its default
-  bilinear filter (no antialiasing), image and mask. Masks are then
-  binarised with `> 0` (also CVC, whose grey noise thereby counts as
+* `paper` (SPEC section 2, the published code, `src/corpora.py`): image AND
+  mask resized to 256x256 before anything else. BUSI and ISIC-2016 through
+  `DefaultFileReader`: PIL `Image.open(path).resize((256, 256))` with its
+  default filter (bicubic for RGB/L images, nearest for mode `1`/`P`).
+  CVC-ClinicDB through `TIFFileReader`: `tifffile.imread(path)` (frames
+  (H, W, 3) RGB, masks (H, W) uint8) then `cv2.resize(x, (256, 256))`, its
+  default bilinear filter without antialiasing, for frames and masks alike;
+  SAM sees the colour frames. Masks are then binarised with `> 0` (a
+  3-channel mask: `(mask > 0).max(-1)`; CVC's grey noise thereby counts as
   foreground). Metrics at 256x256.
-  The published code also DECODES the CVC TIFF frames with `cv2.imread`,
-  and OpenCV reads these 3-sample MinIsBlack files as greyscale (its TIFF
-  decoder gives MinIsBlack 8-bit files one channel): every channel of the
-  result is the first sample (red) of the frame, checked here against
-  opencv-python-headless 5.0 on the real files. `cvc_tiff_color=
-  "cv2_first_sample"` reproduces that (the frames the paper's SAM saw were
-  grey); it only applies to examples whose `source_format` is "tiff".
 * `native`: original resolution, no resizing, colour frames; CVC-ClinicDB
   masks thresholded at `> 127`, the others at `> 0`.
 
@@ -32,14 +28,9 @@ identical, as in every dataset here).
 
 Deliberate deviations from the published code:
 
-* CVC images stay in RGB order. `cv2.imread` returns BGR; whether the
-  published code converts back is not known. For the TIFF frames this is
-  moot (all channels equal under `cv2_first_sample`); for the PNG repack
-  only the channel order could differ (resizing is per channel).
-* Which OpenCV version the authors ran is not known; the greyscale decoding
-  follows from OpenCV's TIFF decoder logic for MinIsBlack files, which has
-  been the same since OpenCV 3 as far as we can tell, but this was not
-  checked against their environment.
+* The CVC-ClinicDB PNG repack (not read by the published code, which takes
+  the TIFF release) goes through the same `cv2.resize`; its frames equal the
+  TIFF frames, so the prepared examples are the same.
 * An RGB(A) mask is reduced to one channel (max over the colour channels)
   when the dataset is built, before the resize; the published code resizes
   the colour image and then takes `(mask > 0).max(-1)`. The two agree when
@@ -66,7 +57,6 @@ _ALIASES = {"cvc": "cvc_clinicdb", "cvc612": "cvc_clinicdb",
 
 RESIZE_FILTERS = ("pil_default", "nearest")
 CVC_RESIZE = ("cv2_bilinear", "pil_default")
-CVC_TIFF_COLORS = ("cv2_first_sample", "rgb")
 EMPTY_BOXES = ("full_image", "full_image_inclusive")
 
 
@@ -82,12 +72,8 @@ class Protocol:
       otherwise, as PIL's `Image.resize` without a filter) or "nearest".
       Images always use PIL's default filter (bicubic for RGB).
     cvc_resize: how CVC-ClinicDB is resized: "cv2_bilinear" (the published
-      code: `cv2.resize`, default INTER_LINEAR, image and mask) or
+      `TIFFileReader`: `cv2.resize`, default INTER_LINEAR, image and mask) or
       "pil_default" (like the other datasets).
-    cvc_tiff_color: colours of CVC frames read from TIFF: "cv2_first_sample"
-      (what `cv2.imread` returns for these MinIsBlack files: the first
-      sample in all three channels, i.e. a grey image; the paper) or "rgb"
-      (the true colours, as tifffile and the PNG repack give).
     mask_threshold: foreground = raw mask value > this (BUSI, ISIC).
     cvc_mask_threshold: the same for CVC-ClinicDB (0: the paper's `> 0`,
       which counts the grey noise; 127: clean masks).
@@ -99,7 +85,6 @@ class Protocol:
   resize_to: Optional[int] = 256
   mask_resize: str = "pil_default"
   cvc_resize: str = "cv2_bilinear"
-  cvc_tiff_color: str = "cv2_first_sample"
   mask_threshold: int = 0
   cvc_mask_threshold: int = 0
   empty_box: str = "full_image"
@@ -110,7 +95,6 @@ class Protocol:
                        f"{self.resize_to}")
     for field, allowed in (("mask_resize", RESIZE_FILTERS),
                            ("cvc_resize", CVC_RESIZE),
-                           ("cvc_tiff_color", CVC_TIFF_COLORS),
                            ("empty_box", EMPTY_BOXES)):
       if getattr(self, field) not in allowed:
         raise ValueError(f"{field} must be one of {allowed}, got "
@@ -124,8 +108,7 @@ class Protocol:
 
 
 PAPER = Protocol(name="paper")
-NATIVE = Protocol(name="native", resize_to=None, cvc_tiff_color="rgb",
-                  cvc_mask_threshold=127)
+NATIVE = Protocol(name="native", resize_to=None, cvc_mask_threshold=127)
 PROTOCOLS = {"paper": PAPER, "native": NATIVE}
 
 
@@ -255,8 +238,8 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
   Args:
     example: a decoded example (see `loading.load_split`): "id", "image"
       (H, W, 3) uint8, "mask" raw (H, W) uint8 (or bool / (H, W, C)),
-      optional "mask_mode" (default "L"), "source_format" (CVC: "tiff" or
-      "png"; default ""), "image_file", "mask_files".
+      optional "mask_mode" (default "L"), "image_file", "mask_files"
+      (other keys, e.g. "source_format", are ignored).
     protocol: a `Protocol` or its name ("paper", "native").
     dataset: "busi", "cvc_clinicdb" or "isic2016".
 
@@ -276,10 +259,6 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
                      f"{raw.shape} differs from image size {image.shape[:2]}")
   mode = _text(example.get("mask_mode", "L"))
   original_size = (int(image.shape[0]), int(image.shape[1]))
-  if (dataset == "cvc_clinicdb"
-      and protocol.cvc_tiff_color == "cv2_first_sample"
-      and _text(example.get("source_format", "")) == "tiff"):
-    image = np.repeat(image[..., :1], 3, axis=-1)
   size = protocol.resize_to
   if size is not None:
     size = int(size)
