@@ -19,3 +19,15 @@ def test_latency_benchmark_runs():
     assert row in out, row
   assert "SimSAM K=3 / SAM (JAX):" in out
   assert "PyTorch SimSAM K=3 / SAM:" in out  # torch and transformers are test deps
+
+
+def test_interactive_benchmark_runs():
+  run = subprocess.run(
+      [sys.executable, "benchmarks/interactive.py", "--preset=tiny", "--rounds=2", "--k=3",
+       "--repeats=1", "--size=61"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  for row in ("| SimSAM K=3 (encoder included) |", "| 2 rounds, box (encoder included) |",
+              "| 2 rounds, box+simsam+clicks_only (encoder included) |"):
+    assert row in run.stdout, row
+  assert "2 rounds box / SimSAM K=3:" in run.stdout
