@@ -1,6 +1,6 @@
 r"""Latency of the click protocol (N rounds) vs SimSAM K=50, encoder included.
 
-  python benchmarks/interactive.py                     # vit_b, N = 20, K = 50
+  python benchmarks/interactive.py --repeats=3         # vit_b, N = 20, K = 50
   python benchmarks/interactive.py --preset=tiny --rounds=3 --k=3 --repeats=1
 
 Not a test: prints median wall times (after warm-up; compilation measured
@@ -26,17 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from latency import compile_ms, median_ms
+# --preset, --repeats and --size are latency.py's flags (same meaning).
+from latency import _PRESET, _REPEATS, _SIZE, compile_ms, median_ms
 from simsam_jax import processing, synthetic
 from simsam_jax.modeling import build_sam, get_preset
 from simsam_jax.simsam import SimSam, SimSamConfig
 from simsam_jax.simsam.interactive import STARTS, InteractiveConfig, InteractiveSam
 
-_PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset.")
 _ROUNDS = flags.DEFINE_integer("rounds", 20, "Clicks per image and start (N).")
 _K = flags.DEFINE_integer("k", 50, "SimSAM's K (baseline and the simsam start).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (median reported).")
-_SIZE = flags.DEFINE_integer("size", 256, "Side of the (square) input image.")
 
 
 def timings(config, rounds, k, repeats, size):

@@ -198,8 +198,9 @@ def panels_figure(prepared: protocols.PreparedExample, outputs: dict) -> Image.I
     row = []
     for r in rounds:
       box = prepared.box if start != "clicks_only" else None
+      clicked = out["labels"][:r] >= 0  # rounds without error have no click
       img = overlay.draw_overlay(prepared.image, out["masks"][r], box,
-                                 out["clicks"][:r], out["labels"][:r])
+                                 out["clicks"][:r][clicked], out["labels"][:r][clicked])
       row.append((f"{start} {r}: IoU {out['iou'][r]:.2f}", img))
     rows.append(row)
   cols = max(len(r) for r in rows)
@@ -272,6 +273,7 @@ def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, An
   per_image = len(starts) * (n + 1)
   csv_path, skipped_path = ev.shard_files(workdir, shard_index, num_shards, CLICKS_CSV)
   rows = ev.merged_rows(workdir, own=csv_path, name=CLICKS_CSV, key_fields=ROW_KEY)
+  have = {tuple(r[k] for k in ROW_KEY) for r in rows}
   count = {}
   for r in rows:
     count[r["id"]] = count.get(r["id"], 0) + 1
@@ -309,13 +311,14 @@ def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, An
         outs = engine.run_batch(
             np.stack([px for _, px in group]), np.stack([p.box for p, _ in group]),
             np.stack([p.mask for p, _ in group]), info,
-            keys=jax.numpy.stack([ev.image_key(int(config.seed), p.id) for p, _ in group]))
+            keys=jax.numpy.stack([ev.image_key(int(config.seed), p.id) for p, _ in group]),
+            devices=jax.local_devices())
         outs = {s: {k: np.asarray(v) for k, v in vars(o).items()} for s, o in outs.items()}
         new_rows = []
         for i, (p, _) in enumerate(group):
           mine = {s: {k: v[i] for k, v in o.items()} for s, o in outs.items()}
-          if count.get(p.id, 0) < per_image:
-            new_rows += _image_rows(p.id, mine)
+          new_rows += [row for row in _image_rows(p.id, mine)
+                       if (row["id"], row["start"], str(row["round"])) not in have]
           if p.id in figure_ids:
             ev.write_atomic(os.path.join(workdir, "figures", f"{p.id}.png"),
                             _png(panels_figure(p, mine)))

@@ -200,8 +200,10 @@ def start_state(model: Sam, embedding: jax.Array, box: jax.Array, ground_truth: 
                                          ground_truth)
     low, pred = out.low_res_logits, out.mask
   else:  # clicks_only
-    low = jnp.zeros((m, m), jnp.float32)
-    pred = jnp.zeros(ground_truth.shape, bool)
+    # The barrier keeps XLA from constant-folding the first round's distance
+    # transform of this constant prediction (minutes of compilation).
+    low, pred = jax.lax.optimization_barrier(
+        (jnp.zeros((m, m), jnp.float32), jnp.zeros(ground_truth.shape, bool)))
   carry = (jnp.full((n, 2), -1, jnp.int32), jnp.full((n,), -1, jnp.int32), low, pred)
   round_box = box_model if (start != "clicks_only" and config.keep_box) else None
   return carry, round_box
