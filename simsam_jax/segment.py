@@ -38,7 +38,7 @@ destination folders, renamed into place at the end):
   `chosen_index` (SimSAM: the aggregation's choice, -1 when it synthesises
   the mask), `mask_foreground_fraction`; `model_frame` (image_size,
   resized_size, box and points in the model frame, low_res_logits_shape);
-  `outputs` (absolute paths: mask, metadata, logits, overlay, debug);
+  `outputs` (absolute paths: mask, metadata, logits, overlay, debug; SimSAM: agreement);
   `timings_ms` and `compile_ms` apart (SAM: preprocess, encode, decode,
   postprocess; SimSAM: preprocess, encode, first_decode,
   simulate_and_decode, aggregate (with the maps at the input size),
@@ -1345,9 +1345,9 @@ def _segment_simsam(sam: LoadedSam, config: SimSamConfig,
   if save_debug is not None:
     debug_file = (save_debug, debug_arrays(output))
   agreement_file = None
+  metadata["outputs"]["agreement"] = None if agreement is None else os.path.abspath(agreement)
   if agreement is not None:
     from simsam_jax.evaluation.plots import agreement_image
-    metadata["outputs"]["agreement"] = os.path.abspath(agreement)
     agreement_file = (agreement, np.asarray(agreement_image(np.asarray(output.agreement))))
   write_outputs(result, metadata, out, save_logits, overlay_file, debug_file, agreement_file)
   summary = metadata["simsam"]

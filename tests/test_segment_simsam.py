@@ -120,7 +120,7 @@ def fused_output(phantom):
 
 def test_default_run_writes_every_output(default_run, phantom):
   metadata, paths, out_dir = default_run
-  assert sorted(os.listdir(out_dir)) == ["debug.npz", "lowres.npy",
+  assert sorted(os.listdir(out_dir)) == ["agreement.png", "debug.npz", "lowres.npy",
                                          "mask.json", "mask.png",
                                          "overlay.png"]
   mask = _read_png(paths["mask"])
@@ -144,7 +144,8 @@ def test_default_run_writes_every_output(default_run, phantom):
                                     ("mask", "mask"), ("metadata", "json"),
                                     ("logits", "logits"),
                                     ("overlay", "overlay"),
-                                    ("debug", "debug"))}
+                                    ("debug", "debug"),
+                                    ("agreement", "agreement"))}
   assert set(written["timings_ms"]) == {"preprocess", *STAGES}
   assert set(written["compile_ms"]) == set(STAGES)
   assert all(value >= 0 for value in written["timings_ms"].values())
@@ -240,7 +241,7 @@ def test_agreement_png_is_the_colour_mapped_debug_map(default_run):
   bar = image[17:max(HEIGHT, 120) - 9, WIDTH + 14]
   assert abs(bar[0].astype(int) - plots.colormap(1.0)).max() <= 8
   assert abs(bar[-1].astype(int) - plots.colormap(0.0)).max() <= 8
-  assert metadata["outputs"]["agreement"] == str(paths["agreement"].resolve())
+  assert metadata["outputs"]["agreement"] == os.path.abspath(paths["agreement"])
 
 
 def test_overlay_is_the_drawn_image(default_run, phantom):
