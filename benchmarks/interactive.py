@@ -38,12 +38,13 @@ _K = flags.DEFINE_integer("k", 50, "SimSAM's K (baseline and the simsam start)."
 
 
 def timings(config, rounds, k, repeats, size):
+  """{row name: ms}; each row is also printed as soon as it is measured."""
   model = build_sam(config, seed=0)
   image, mask, box = synthetic.phantom(size, size, seed=0)
   pixels, info = processing.preprocess(image, config.image_size)
   pixels = jnp.asarray(pixels)
   key = jax.random.key(0)
-  rows = {}
+  rows = _PrintingDict()
   simsam = SimSam(model, SimSamConfig(k=k))
   rows[f"compile: SimSAM K={k}"] = compile_ms(
       simsam._full, simsam.state, pixels, jnp.asarray(box, jnp.float32), key, None, info=info)
@@ -58,6 +59,14 @@ def timings(config, rounds, k, repeats, size):
     rows[f"{rounds} rounds, {name} (encoder included)"] = median_ms(
         lambda: jax.block_until_ready(engine.run(pixels, box, mask, info, key)), repeats)
   return rows
+
+
+class _PrintingDict(dict):
+  """Prints each row as it is set (a long CPU run shows its progress)."""
+
+  def __setitem__(self, name, ms):
+    print(f"# {name}: {ms:.1f} ms", flush=True)
+    super().__setitem__(name, ms)
 
 
 def main(argv):
