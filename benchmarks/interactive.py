@@ -35,9 +35,16 @@ from simsam_jax.simsam.interactive import STARTS, InteractiveConfig, Interactive
 
 _ROUNDS = flags.DEFINE_integer("rounds", 20, "Clicks per image and start (N).")
 _K = flags.DEFINE_integer("k", 50, "SimSAM's K (baseline and the simsam start).")
+_STARTS = flags.DEFINE_list("starts", list(STARTS), "Starts timed one by one (and, when "
+                            "several, all together in one program).")
 
 
-def timings(config, rounds, k, repeats, size):
+def programs(starts):
+  """The start tuples timed: each alone, then all in one program."""
+  return [(s,) for s in starts] + ([tuple(starts)] if len(starts) > 1 else [])
+
+
+def timings(config, rounds, k, repeats, size, starts):
   """{row name: ms}; each row is also printed as soon as it is measured."""
   model = build_sam(config, seed=0)
   image, mask, box = synthetic.phantom(size, size, seed=0)
@@ -50,10 +57,10 @@ def timings(config, rounds, k, repeats, size):
       simsam._full, simsam.state, pixels, jnp.asarray(box, jnp.float32), key, None, info=info)
   rows[f"SimSAM K={k} (encoder included)"] = median_ms(
       lambda: simsam.run(pixels, box, info).mask.block_until_ready(), repeats)
-  for starts in [(s,) for s in STARTS] + [STARTS]:
-    engine = InteractiveSam(model, InteractiveConfig(num_rounds=rounds, starts=starts,
+  for group in programs(starts):
+    engine = InteractiveSam(model, InteractiveConfig(num_rounds=rounds, starts=group,
                                                      simsam=SimSamConfig(k=k)))
-    name = "+".join(starts)
+    name = "+".join(group)
     args = (engine.state, pixels, jnp.asarray(box, jnp.float32), jnp.asarray(mask), key)
     rows[f"compile: {rounds} rounds, {name}"] = compile_ms(engine._full, *args, info=info)
     rows[f"{rounds} rounds, {name} (encoder included)"] = median_ms(
@@ -78,14 +85,14 @@ def main(argv):
         f" -> {config.image_size}, median of {_REPEATS.value}")
   print(f"# jax {jax.__version__} on {dev.platform} ({dev.device_kind}), "
         f"{len(jax.devices())} device(s); host {platform.processor() or platform.machine()}")
-  rows = timings(config, rounds, k, _REPEATS.value, _SIZE.value)
+  rows = timings(config, rounds, k, _REPEATS.value, _SIZE.value, _STARTS.value)
   print("\n| stage | ms |")
   print("|---|---:|")
   for name, ms in rows.items():
     print(f"| {name} | {ms:.1f} |")
   base = rows[f"SimSAM K={k} (encoder included)"]
   print()
-  for starts in [(s,) for s in STARTS] + [STARTS]:
+  for starts in programs(_STARTS.value):
     name = "+".join(starts)
     print(f"{rounds} rounds {name} / SimSAM K={k}: "
           f"{rows[f'{rounds} rounds, {name} (encoder included)'] / base:.2f}")
