@@ -84,12 +84,14 @@ from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import compare_methods, policy_description, summarize
 from simsam_jax.evaluation import metrics as metrics_lib
 from simsam_jax.evaluation import runner as runner_lib
+from simsam_jax.evaluation import uncertainty
+from simsam_jax.evaluation.plots import agreement_image
 from simsam_jax.evaluation.metrics import as_policy
 from simsam_jax.evaluation.methods import method_configs
 
 METRICS = ("dsc", "iou", "nsd")
 CSV_FIELDS = ("id", "split", "image_file", "mask_files", "method", "dsc", "iou", "nsd",
-              "confidence", "chosen", "foreground")
+              "confidence", "chosen", "foreground", "iou_prediction", "chosen_score")
 # Settings that change per-image results: a workdir refuses to mix them.
 RESULT_KEYS = ("dataset", "builder_config", "checkpoint", "protocol", "k", "seed",
                "nsd_tolerance", "empty_mask_policy", "precision", "profile",
@@ -134,15 +136,16 @@ def nsd_tolerance(config: ConfigDict) -> float:
   return mm if mm > 0 else float(config.nsd_tolerance)
 
 
-def check_workdir(workdir: str, config: ConfigDict) -> None:
+def check_workdir(workdir: str, config: ConfigDict, keys=RESULT_KEYS) -> None:
   """Refuses a workdir holding a run whose results-defining config differs.
 
-  Writes nothing (see `record_config`).
+  `keys`: the config fields that define results. Writes nothing (see
+  `record_config`).
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise EvaluationError(f"--workdir={workdir} exists and is not a folder")
   try:
-    workdir_lib.refuse_changed_config(workdir, _config_dict(config), RESULT_KEYS)
+    workdir_lib.refuse_changed_config(workdir, _config_dict(config), keys)
   except ValueError as e:
     raise EvaluationError(str(e)) from None
 
@@ -157,13 +160,15 @@ def record_config(workdir: str, config: ConfigDict) -> None:
 write_atomic = workdir_lib.write_atomic
 
 
-def read_rows(path: str, repair: bool = True) -> list[dict[str, str]]:
+def read_rows(path: str, repair: bool = True,
+              key=("id", "method")) -> list[dict[str, str]]:
   """Rows of a per-image CSV; a torn last line (killed mid-write) is dropped.
 
   Args:
     path: the CSV.
     repair: also remove the torn line from the file (only for a file this
       process is about to append to; another shard's file is read as is).
+    key: the columns that identify a row (rows missing one are dropped).
   """
   if not os.path.exists(path):
     return []
@@ -175,17 +180,17 @@ def read_rows(path: str, repair: bool = True) -> list[dict[str, str]]:
       with open(path, "w", newline="") as f:  # drop the torn line for good
         f.writelines(lines)
   rows = list(csv.DictReader(lines))
-  return [r for r in rows if r.get("method") and r.get("id")]
+  return [r for r in rows if all(r.get(k) for k in key)]
 
 
 class RowWriter:
   """Appends rows to per_image.csv, flushed and fsynced image by image."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, fields=CSV_FIELDS):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     self.file = open(path, "a", newline="")
-    self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
+    self.writer = csv.DictWriter(self.file, fieldnames=fields)
     if new:
       self.writer.writeheader()
       self._sync()
@@ -246,27 +251,31 @@ def resolve_shard(config: ConfigDict) -> tuple[int, int]:
   return index, num
 
 
-def shard_files(workdir: str, index: int, num: int) -> tuple[str, Optional[str]]:
-  """(rows CSV, skipped-examples JSON or None) written by shard `index`."""
+def shard_files(workdir: str, index: int, num: int,
+                name: str = "per_image.csv") -> tuple[str, Optional[str]]:
+  """(rows CSV, skipped-examples JSON or None) written by shard `index`;
+  `name` is the merged CSV's file name."""
   if num == 1:
-    return os.path.join(workdir, "per_image.csv"), None
+    return os.path.join(workdir, name), None
   base = os.path.join(workdir, "shards", f"{index:05d}-of-{num:05d}")
   return base + ".csv", base + ".skipped.json"
 
 
-def merged_rows(workdir: str, own: Optional[str] = None) -> list[dict[str, str]]:
-  """Rows of per_image.csv and of every shard file, one per (id, method).
+def merged_rows(workdir: str, own: Optional[str] = None, name: str = "per_image.csv",
+                key_fields=("id", "method")) -> list[dict[str, str]]:
+  """Rows of per_image.csv (`name`) and of every shard file, one per key.
 
   Args:
     workdir: the evaluation folder.
     own: the CSV this process appends to; only its torn last line is repaired.
+    name: the merged CSV; key_fields: the columns that identify a row.
   """
-  paths = [os.path.join(workdir, "per_image.csv")]
+  paths = [os.path.join(workdir, name)]
   paths += sorted(glob.glob(os.path.join(workdir, "shards", "*.csv")))
   rows, seen = [], set()
   for path in paths:
-    for row in read_rows(path, repair=path == own):
-      key = (row["id"], row["method"])
+    for row in read_rows(path, repair=path == own, key=key_fields):
+      key = tuple(row[k] for k in key_fields)
       if key not in seen:
         seen.add(key)
         rows.append(row)
@@ -285,15 +294,17 @@ def merged_skipped(workdir: str) -> list[dict[str, Any]]:
   return out
 
 
-def write_rows(path: str, rows: list[dict[str, str]], methods) -> None:
-  """Writes rows (sorted by id, then method order) atomically as a CSV."""
+def write_rows(path: str, rows: list[dict[str, str]], methods, fields=CSV_FIELDS,
+               column: str = "method", extra_key=lambda r: ()) -> None:
+  """Writes rows (sorted by id, then `methods` order of `column`, then
+  `extra_key(row)`) atomically as a CSV of `fields`."""
   order = {m: i for i, m in enumerate(methods)}
-  rows = sorted(rows, key=lambda r: (r["id"], order.get(r["method"], len(order)),
-                                     r["method"]))
+  rows = sorted(rows, key=lambda r: (r["id"], order.get(r[column], len(order)),
+                                     r[column], extra_key(r)))
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+  writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
   writer.writeheader()
-  writer.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
+  writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
   write_atomic(path, buffer.getvalue())
 
 
@@ -314,19 +325,24 @@ def _panel(image: np.ndarray, mask: Optional[np.ndarray], color, box=None) -> Im
 
 
 def figure(example: protocols.PreparedExample, sam: np.ndarray, simsam: np.ndarray,
-           union: np.ndarray) -> Image.Image:
-  """Fig. 2 layout: image + box | ground truth | SAM | SimSAM | union of K."""
+           union: np.ndarray, agreement: Optional[np.ndarray] = None) -> Image.Image:
+  """Fig. 2 layout: image + box | ground truth | SAM | SimSAM | union of K
+  [| agreement map (H, W) in [0, 1] with its colour bar]."""
   panels = [_panel(example.image, None, None, example.box),
             _panel(example.image, example.mask, (0, 255, 0)),
             _panel(example.image, sam, (255, 0, 0)),
             _panel(example.image, simsam, (0, 128, 255)),
             _panel(example.image, union, (255, 0, 255))]
   titles = ["image + box", "ground truth", "SAM", "SimSAM", "union of K"]
+  if agreement is not None:
+    panels.append(agreement_image(agreement, "K agree"))
+    titles.append("agreement of K")
   h, w = example.image.shape[:2]
-  sheet = Image.new("RGB", (5 * w, h + 14), (0, 0, 0))
+  sheet = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels) + 14),
+                    (0, 0, 0))
   draw = ImageDraw.Draw(sheet)
   for i, (panel, title) in enumerate(zip(panels, titles)):
-    sheet.paste(panel, (i * w, 14))
+    sheet.paste(panel, (i * w, 14))  # the agreement panel (wider) comes last
     draw.text((i * w + 2, 1), title, fill=(255, 255, 255))
   return sheet
 
@@ -395,6 +411,30 @@ def software_versions() -> dict[str, str]:
 image_key = runner_lib.image_key  # (seed, id) -> key; resume- and batch-safe
 
 
+def load_examples(config: ConfigDict) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(examples of `config.split` sorted by id, examples skipped while building).
+
+  Builds the dataset on first use. Raises EvaluationError (bad dataset,
+  folder, split, or an empty split).
+  """
+  try:
+    builder = loading.prepare_builder(
+        config.dataset, os.path.expanduser(config.data_dir),
+        os.path.expanduser(config.manual_dir) if config.manual_dir else None,
+        config.builder_config or None, on_bad_example=config.on_bad_example)
+    examples = list(loading.iter_split(builder, config.split))
+  except (DatasetError, ValueError) as e:
+    raise EvaluationError(str(e)) from None
+  try:
+    skipped = loading.skipped_examples(builder)
+  except (OSError, ValueError):
+    skipped = []
+  examples.sort(key=lambda e: e["id"])
+  if not examples:
+    raise EvaluationError(f"{config.dataset}: split {config.split!r} has no example")
+  return examples, skipped
+
+
 def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) an evaluation; returns the results.json content."""
   methods = [m.strip() for m in str(config.methods).split(",") if m.strip()]
@@ -415,6 +455,10 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     raise EvaluationError(str(e)) from None
   shard_index, num_shards = resolve_shard(config)
   check_workdir(workdir, config)
+  try:
+    uncertainty.check_review_workdir(config.get("review_workdir", ""), _config_dict(config))
+  except ValueError as e:
+    raise EvaluationError(str(e)) from None
   # Everything that can fail on bad input (checkpoint, dataset) comes before
   # the first write to the workdir: a refused run leaves nothing behind.
   model, checkpoint = load_sam_model(config.checkpoint, config.get("precision", "float32"),
@@ -426,21 +470,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     raise EvaluationError(str(e)) from None
   tolerance = nsd_tolerance(config)
 
-  try:
-    builder = loading.prepare_builder(
-        config.dataset, os.path.expanduser(config.data_dir),
-        os.path.expanduser(config.manual_dir) if config.manual_dir else None,
-        config.builder_config or None, on_bad_example=config.on_bad_example)
-    examples = list(loading.iter_split(builder, config.split))
-  except (DatasetError, ValueError) as e:
-    raise EvaluationError(str(e)) from None
-  try:
-    skipped = loading.skipped_examples(builder)
-  except (OSError, ValueError):
-    skipped = []
-  examples.sort(key=lambda e: e["id"])
-  if not examples:
-    raise EvaluationError(f"{config.dataset}: split {config.split!r} has no example")
+  examples, skipped = load_examples(config)
   runner = runner_lib.BatchRunner(model, configs, batch_size, policy,
                                   profile=checkpoint["profile"])
   record_config(workdir, config)
@@ -472,14 +502,15 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
           "mask_files": ";".join(prepared.file_names[1:]), "method": m,
           "dsc": _fmt(r["dsc"]), "iou": _fmt(r["iou"]), "nsd": _fmt(nsd),
           "confidence": _fmt(r["confidence"]), "chosen": r["chosen"],
-          "foreground": _fmt(float(r["mask"].mean()))})
+          "foreground": _fmt(float(r["mask"].mean())),
+          "iou_prediction": _fmt(r["iou_prediction"]), "chosen_score": _fmt(r["chosen_score"])})
       if config.save_masks:
         write_atomic(os.path.join(workdir, "masks", m, f"{prepared.id}.png"),
                      _png_bytes(Image.fromarray(r["mask"].astype(np.uint8) * 255)))
     if fig_path is not None:
       masks = result[runner_lib.FIGURE]
       write_atomic(fig_path, _png_bytes(figure(prepared, masks["sam"], result["simsam"]["mask"],
-                                               masks["union"])))
+                                               masks["union"], masks["agreement"])))
     return new_rows
 
   writer = RowWriter(csv_path)
@@ -594,11 +625,16 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       "software": software_versions(),
       "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
   }
+  review_csv = os.path.join(config.get("review_workdir", ""), "per_image.csv")
+  results["uncertainty"], uncertainty_md = uncertainty.report(
+      workdir, rows, ids, _config_dict(config),
+      read_rows(review_csv, repair=False) if config.get("review_workdir") else None)
   write_atomic(os.path.join(workdir, "results.json"),
                json.dumps(_clean(results), indent=2, default=_json_default,
                           allow_nan=False))
   write_atomic(os.path.join(workdir, "table.md"),
-               render_table(config.dataset, methods, summaries, comparisons, len(ids)))
+               render_table(config.dataset, methods, summaries, comparisons, len(ids))
+               + uncertainty_md)
   return results
 
 

@@ -6,6 +6,7 @@
       [--seed=0] [--ground_truth=MASK] [--overlay=overlay.png] \\
       [--save_debug=debug.npz] [--save_logits=lowres.npy] \\
       [--precision=float32|bfloat16] [--attention_impl=xla|cudnn] \\
+      [--agreement=agreement.png] \\
       [--profile=medsam] [--intensity=window:-160,240]
 
   python -m simsam_jax.segment --checkpoint=DIR --image=scan.nii.gz \\
@@ -49,7 +50,7 @@ destination folders, renamed into place at the end):
   `chosen_index` (SimSAM: the aggregation's choice, -1 when it synthesises
   the mask), `mask_foreground_fraction`; `model_frame` (image_size,
   resized_size, box and points in the model frame, low_res_logits_shape);
-  `outputs` (absolute paths: mask, metadata, logits, overlay, debug);
+  `outputs` (absolute paths: mask, metadata, logits, overlay, debug; SimSAM: agreement);
   `precision` ("float32" / "bfloat16") and `attention_impl` ("xla" /
   "cudnn"); `timings_ms` and `compile_ms` apart (SAM: preprocess, encode, decode,
   postprocess; SimSAM: preprocess, encode, first_decode,
@@ -72,6 +73,12 @@ destination folders, renamed into place at the end):
   int32 1 positive / 0 negative; candidate_logits (K, M, M) float32;
   scores (K,) float32; chosen () int32; agreement (H, W) float32 in [0, 1],
   the fraction of candidates covering each pixel.
+* `--agreement` (.png, SimSAM only): that agreement map colour-mapped
+  (viridis: dark purple 0 = every candidate says background, yellow 1 =
+  every candidate says foreground, green-blue near 0.5 = the candidates
+  disagree: where SimSAM is unsure), with a colour bar legend on the right
+  (`simsam_jax.evaluation.plots.agreement_image`). The raw float map is
+  `agreement` in the `--save_debug` npz.
 
 `--checkpoint` is a folder written by `simsam_jax.checkpoint`, or
 `random:PRESET[:SEED]` for randomly initialised weights (smoke tests and
@@ -159,7 +166,7 @@ DEFAULT_METHOD = METHOD_SIMSAM
 MAX_SEED = 2**31 - 1
 # Flags that only SimSAM reads (`segment` rejects them with --method=sam).
 SIMSAM_ONLY_FLAGS = ("k", "clicks", "aggregation", "mask_prompt", "seed",
-                     "ground_truth", "save_debug")
+                     "ground_truth", "save_debug", "agreement")
 DEBUG_KEYS = ("first_logits", "clicks", "labels", "candidate_logits",
               "scores", "chosen", "agreement")
 
@@ -330,7 +337,8 @@ def check_simsam_box(box: Box) -> None:
 
 def check_output_paths(out: str, save_logits: Optional[str],
                        overlay: Optional[str] = None,
-                       save_debug: Optional[str] = None) -> None:
+                       save_debug: Optional[str] = None,
+                       agreement: Optional[str] = None) -> None:
   """Checks the output names before any work is done.
 
   Args:
@@ -338,9 +346,10 @@ def check_output_paths(out: str, save_logits: Optional[str],
     save_logits: `--save_logits` path or None.
     overlay: `--overlay` path or None.
     save_debug: `--save_debug` path or None.
+    agreement: `--agreement` path or None.
 
   Raises:
-    SegmentError: when `out` or `overlay` does not end in .png,
+    SegmentError: when `out`, `overlay` or `agreement` does not end in .png,
       `save_logits` in .npy or `save_debug` in .npz, when a path is a
       folder, or when two outputs would collide.
   """
@@ -349,14 +358,15 @@ def check_output_paths(out: str, save_logits: Optional[str],
                        ".nii.gz / .nii for a NIfTI --image)")
   for path, flag, suffix in ((save_logits, "save_logits", LOGITS_SUFFIX),
                              (overlay, "overlay", OVERLAY_SUFFIX),
-                             (save_debug, "save_debug", DEBUG_SUFFIX)):
+                             (save_debug, "save_debug", DEBUG_SUFFIX),
+                             (agreement, "agreement", OVERLAY_SUFFIX)):
     if path is not None and not path.lower().endswith(suffix):
       raise SegmentError(f"--{flag}={path!r} must name a {suffix} file")
   taken = {os.path.abspath(out): "--out",
            os.path.abspath(metadata_path(out)): "the metadata written beside "
                                                 "--out"}
   for path, flag in ((save_logits, "save_logits"), (overlay, "overlay"),
-                     (save_debug, "save_debug")):
+                     (save_debug, "save_debug"), (agreement, "agreement")):
     if path is None:
       continue
     other = taken.get(os.path.abspath(path))
@@ -364,7 +374,8 @@ def check_output_paths(out: str, save_logits: Optional[str],
       raise SegmentError(f"--{flag}={path!r} would overwrite {other}")
     taken[os.path.abspath(path)] = f"--{flag}"
   for path, flag in ((out, "out"), (save_logits, "save_logits"),
-                     (overlay, "overlay"), (save_debug, "save_debug")):
+                     (overlay, "overlay"), (save_debug, "save_debug"),
+                     (agreement, "agreement")):
     if path is not None and os.path.isdir(path):
       raise SegmentError(f"--{flag}={path!r} is a folder")
 
@@ -1260,7 +1271,8 @@ def write_outputs(result: Any, metadata: dict, out: str,
                   save_logits: Optional[str] = None,
                   overlay: Optional[Tuple[str, np.ndarray]] = None,
                   debug: Optional[Tuple[str, dict]] = None,
-                  volume: Optional[Any] = None) -> None:
+                  volume: Optional[Any] = None,
+                  agreement: Optional[Tuple[str, np.ndarray]] = None) -> None:
   """Writes the mask (PNG or NIfTI), the JSON beside it and the optional files.
 
   All or nothing (`write_files_atomically`).
@@ -1278,6 +1290,7 @@ def write_outputs(result: Any, metadata: dict, out: str,
     volume: the `medical.VolumeSlice` of a NIfTI input, needed when `out`
       ends in .nii.gz / .nii (a mask volume of the input's shape and
       affine with this slice filled).
+    agreement: (.png path, (H', W', 3) uint8 image) or None.
 
   Raises:
     SegmentError: when a file cannot be written (nothing is left behind).
@@ -1292,6 +1305,8 @@ def write_outputs(result: Any, metadata: dict, out: str,
     contents[overlay[0]] = _encode_rgb_png(overlay[1])
   if debug is not None:
     contents[debug[0]] = _encode_npz(debug[1])
+  if agreement is not None:
+    contents[agreement[0]] = _encode_rgb_png(agreement[1])
   try:
     write_files_atomically(contents)
   except OSError as error:
@@ -1346,7 +1361,8 @@ def segment(*, checkpoint: str, image: str, out: str,
             attention_impl: Optional[str] = None,
             profile: Optional[str] = None,
             intensity: Optional[str] = None,
-            slice_index: Optional[int] = None, axis: int = 2) -> dict:
+            slice_index: Optional[int] = None, axis: int = 2,
+            agreement: Optional[str] = None) -> dict:
   """Runs the command on flag values; returns the metadata it wrote.
 
   Every input is checked before the model is built, so bad flags fail fast
@@ -1376,13 +1392,15 @@ def segment(*, checkpoint: str, image: str, out: str,
       profile (logged as a warning when it differs), or None.
     intensity: `--intensity` policy string, or None (module docstring).
     slice_index, axis: `--slice` and `--axis` for a NIfTI `--image`.
+    agreement: `--agreement` path (.png, SimSAM only), or None.
 
   Raises:
     SegmentError: on any expected error (the message names the flag/file).
   """
   simsam_values = {"k": k, "clicks": clicks, "aggregation": aggregation,
                    "mask_prompt": mask_prompt, "seed": seed,
-                   "ground_truth": ground_truth, "save_debug": save_debug}
+                   "ground_truth": ground_truth, "save_debug": save_debug,
+                   "agreement": agreement}
   _check_method_flags(method, points, multimask, simsam_values)
   if sam is None:
     policy = parse_policy(precision, attention_impl)
@@ -1393,7 +1411,7 @@ def segment(*, checkpoint: str, image: str, out: str,
       if value is not None and value != getattr(policy, flag):
         raise SegmentError(f"--{flag}={value!r} differs from the given model's "
                            f"{getattr(policy, flag)!r}")
-  check_output_paths(out, save_logits, overlay, save_debug)
+  check_output_paths(out, save_logits, overlay, save_debug, agreement)
   config = None
   if method == METHOD_SIMSAM:
     config = parse_simsam_config(k, clicks, aggregation, mask_prompt, seed)
@@ -1459,7 +1477,7 @@ def segment(*, checkpoint: str, image: str, out: str,
                         parsed_points, multimask, out, save_logits, overlay)
   return _segment_simsam(sam, config, input_image, parsed_box, box_source,
                          truth, truth_source, ground_truth, out, save_logits,
-                         overlay, save_debug)
+                         overlay, save_debug, agreement)
 
 
 def _segment_sam(sam: LoadedSam, input_image: InputImage, box: Optional[Box],
@@ -1498,7 +1516,7 @@ def _segment_simsam(sam: LoadedSam, config: SimSamConfig,
                     truth: Optional[np.ndarray], truth_source: Optional[str],
                     truth_path: Optional[str], out: str,
                     save_logits: Optional[str], overlay: Optional[str],
-                    save_debug: Optional[str]) -> dict:
+                    save_debug: Optional[str], agreement: Optional[str] = None) -> dict:
   """`segment` for --method=simsam, after validation; returns the metadata."""
   result = run_simsam(sam, config, input_image.pixels, box, truth)
   output = result.output
@@ -1512,8 +1530,13 @@ def _segment_simsam(sam: LoadedSam, config: SimSamConfig,
   debug_file = None
   if save_debug is not None:
     debug_file = (save_debug, debug_arrays(output))
+  agreement_file = None
+  metadata["outputs"]["agreement"] = None if agreement is None else os.path.abspath(agreement)
+  if agreement is not None:
+    from simsam_jax.evaluation.plots import agreement_image
+    agreement_file = (agreement, np.asarray(agreement_image(np.asarray(output.agreement))))
   write_outputs(result, metadata, out, save_logits, overlay_file, debug_file,
-                volume=_input_volume(input_image))
+                volume=_input_volume(input_image), agreement=agreement_file)
   summary = metadata["simsam"]
   logging.info(
       "%s: %dx%d SimSAM mask (K=%d %s/%s/%s), foreground %.2f%% (SAM "
@@ -1603,6 +1626,9 @@ flags.DEFINE_integer("slice", None, "NIfTI --image: the slice index along "
                      "--axis.")
 flags.DEFINE_integer("axis", 2, "NIfTI --image: the voxel axis (0, 1, 2) "
                      "--slice runs along.")
+flags.DEFINE_string("agreement", None,
+                    "SimSAM: optional .png of the agreement map (fraction of the K "
+                    "candidates covering each pixel), colour-mapped, with a legend.")
 
 
 def _given(name: str) -> Any:

@@ -54,6 +54,18 @@ def test_gpu_script_steps_parse(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   text = out_file.read_text()
   assert "FAILED" not in text, text[-3000:]
-  for heading in ("## latency ViT-B bfloat16", "## throughput ViT-B bfloat16, batch 2",
+  for heading in ("## latency ViT-B bfloat16", "## throughput ViT-B bfloat16, batch 16",
                   "## latency ViT-H float32", "## agreement bfloat16 vs float32"):
     assert heading in text, heading
+
+
+def test_interactive_benchmark_runs():
+  run = subprocess.run(
+      [sys.executable, "benchmarks/interactive.py", "--preset=tiny", "--rounds=2", "--k=3",
+       "--repeats=1", "--size=61", "--starts=box"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  for row in ("| SimSAM K=3 (encoder included) |", "| 2 rounds, box (encoder included) |",
+              "| compile: 2 rounds, box |"):
+    assert row in run.stdout, row
+  assert "2 rounds box / SimSAM K=3:" in run.stdout

@@ -96,6 +96,7 @@ COVERAGE: Tuple[Tuple[str, str], ...] = (
     ("segment", r"python -m simsam_jax\.segment\s.*"),
     ("finetune", r"python -m simsam_jax\.finetune\s.*"),
     ("evaluate", r"python (-m simsam_jax\.evaluate|my_evaluate\.py)\s.*"),
+    ("interactive", r"python -m simsam_jax\.interactive\s.*"),
 )
 
 # Appended to a command of this kind; they only shrink the work.
@@ -103,6 +104,7 @@ SMOKE_OVERRIDES: Dict[str, str] = {
     "segment": "--k=4",  # SimSAM only (SAM takes no --k)
     "evaluate": "--config.k=4 --config.num_figures=1",
     "finetune": "--config.epochs=1",
+    "interactive": "--config.num_rounds=2 --config.k=4 --config.num_figures=1",
 }
 
 # Fake dataset trees, with cases in every split the commands read:
@@ -580,6 +582,9 @@ def run_segment(ws: Workspace, command: str) -> Result:
   if "save_logits" in flags:
     logits = np.load(_in(cwd, home, str(flags["save_logits"])))
     assert logits.dtype == np.float32 and logits.ndim == 3
+  if "agreement" in flags:
+    agreement = Image.open(_in(cwd, home, str(flags["agreement"])))
+    assert agreement.width > mask.shape[1]  # the map and its colour bar
   if "save_debug" in flags:
     with np.load(_in(cwd, home, str(flags["save_debug"]))) as debug:
       assert set(segment_lib.DEBUG_KEYS) <= set(debug.files), debug.files
@@ -626,9 +631,21 @@ def finetune_for(ws: Workspace, workdir: str) -> Result:
 
 
 def run_evaluate(ws: Workspace, command: str) -> Result:
+  """Once per workdir (a later command may read it, see review_workdir)."""
+  return ws.once(("evaluate", parse_flags(command)["workdir"]),
+                 lambda: _run_evaluate(ws, command))
+
+
+def _run_evaluate(ws: Workspace, command: str) -> Result:
   flags = parse_flags(command)
+  if "config.review_workdir" in flags:  # the validation run comes first
+    sources = [c for c in COMMANDS if kind_of(c) == "evaluate"
+               and parse_flags(c).get("workdir") == flags["config.review_workdir"]]
+    assert sources, f"no README evaluation writes {flags['config.review_workdir']}"
+    run_evaluate(ws, sources[0])
   path, arg = config_spec(str(flags["config"]))
   config = load_config(ws.cwd / path, arg)
+  config.split = str(flags.get("config.split", config.split))
   methods = [m for m in str(flags.get("config.methods", config.methods)).split(",") if m]
   checkpoint = str(flags.get("config.checkpoint", config.checkpoint))
   exported = re.fullmatch(r"(.+)/export/(last|best)", checkpoint)
@@ -652,6 +669,31 @@ def run_evaluate(ws: Workspace, command: str) -> Result:
   workdir = _in(ws.cwd, home, str(flags["workdir"]))
   check_evaluation(workdir, config, methods, checkpoint)
   assert (workdir / "table.md").read_text().strip() in result.stdout  # printed at the end
+  if "config.review_workdir" in flags:
+    review = json.loads((workdir / "results.json").read_text())["uncertainty"]["review"]
+    assert review["threshold"] is not None and (workdir / "review.csv").is_file()
+  return result
+
+
+def run_interactive(ws: Workspace, command: str) -> Result:
+  """The click protocol; a dataset tree when the command names one."""
+  flags = parse_flags(command)
+  path, arg = config_spec(str(flags["config"]))
+  config = load_config(ws.cwd / path, arg)
+  if "config.manual_dir" in flags:
+    home = _dataset_home(ws, command, config.dataset, str(flags["config.manual_dir"]))
+  else:
+    assert config.dataset == "phantom", f"`{command}` has no --config.manual_dir"
+    home = ws.new_home("interactive")
+  result = ws.run(command, home, overrides=SMOKE_OVERRIDES["interactive"]).check()
+  workdir = _in(ws.cwd, home, str(flags["workdir"]))
+  noc = json.loads((workdir / "noc.json").read_text())
+  assert noc["num_rounds"] == 2 and noc["num_images"] >= 1
+  with open(workdir / "clicks.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == noc["num_images"] * len(noc["starts"]) * 3
+  assert (workdir / "figures" / "miou_vs_clicks.png").is_file()
+  assert (workdir / "table.md").read_text().strip() in result.stdout
   return result
 
 
@@ -707,6 +749,7 @@ HANDLERS: Dict[str, Callable[[Workspace, str], Result]] = {
     "segment": run_segment,
     "finetune": lambda ws, command: finetune_for(ws, str(parse_flags(command)["workdir"])),
     "evaluate": run_evaluate,
+    "interactive": run_interactive,
 }
 
 

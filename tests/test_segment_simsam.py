@@ -94,13 +94,13 @@ def default_run(tiny_sam, tmp_path_factory):
   out_dir = tmp_path_factory.mktemp("simsam_default")
   paths = {"mask": out_dir / "mask.png", "json": out_dir / "mask.json",
            "overlay": out_dir / "overlay.png", "debug": out_dir / "debug.npz",
-           "logits": out_dir / "lowres.npy"}
+           "logits": out_dir / "lowres.npy", "agreement": out_dir / "agreement.png"}
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(segment, "load_sam", lambda spec, policy=None: tiny_sam)
     _run_main_in_process([
         f"--checkpoint={RANDOM_SPEC}", f"--image={PHANTOM_SPEC}",
         f"--out={paths['mask']}", f"--k={K}", f"--overlay={paths['overlay']}",
-        f"--save_debug={paths['debug']}",
+        f"--save_debug={paths['debug']}", f"--agreement={paths['agreement']}",
         f"--save_logits={paths['logits']}"])
   metadata = json.loads(paths["json"].read_text())
   return metadata, paths, out_dir
@@ -120,7 +120,7 @@ def fused_output(phantom):
 
 def test_default_run_writes_every_output(default_run, phantom):
   metadata, paths, out_dir = default_run
-  assert sorted(os.listdir(out_dir)) == ["debug.npz", "lowres.npy",
+  assert sorted(os.listdir(out_dir)) == ["agreement.png", "debug.npz", "lowres.npy",
                                          "mask.json", "mask.png",
                                          "overlay.png"]
   mask = _read_png(paths["mask"])
@@ -144,7 +144,8 @@ def test_default_run_writes_every_output(default_run, phantom):
                                     ("mask", "mask"), ("metadata", "json"),
                                     ("logits", "logits"),
                                     ("overlay", "overlay"),
-                                    ("debug", "debug"))}
+                                    ("debug", "debug"),
+                                    ("agreement", "agreement"))}
   assert set(written["timings_ms"]) == {"preprocess", *STAGES}
   assert set(written["compile_ms"]) == set(STAGES)
   assert all(value >= 0 for value in written["timings_ms"].values())
@@ -226,6 +227,21 @@ def test_staged_cli_equals_fused_run(default_run, fused_output):
       fused_output["sam_mask"].mean())
   np.testing.assert_allclose(metadata["iou_predictions"],
                              fused_output["candidate_iou"], atol=1e-5)
+
+
+def test_agreement_png_is_the_colour_mapped_debug_map(default_run):
+  from simsam_jax.evaluation import plots
+  metadata, paths, _ = default_run
+  with np.load(paths["debug"]) as debug:
+    agreement = debug["agreement"]
+  image = np.asarray(Image.open(paths["agreement"]).convert("RGB"))
+  assert image.shape == (max(HEIGHT, 120), WIDTH + 70, 3)  # map + colour bar
+  np.testing.assert_array_equal(image[:HEIGHT, :WIDTH], plots.colormap(agreement))
+  # The legend's bar runs from colormap(1) at the top to colormap(0) below.
+  bar = image[17:max(HEIGHT, 120) - 9, WIDTH + 14]
+  assert abs(bar[0].astype(int) - plots.colormap(1.0)).max() <= 8
+  assert abs(bar[-1].astype(int) - plots.colormap(0.0)).max() <= 8
+  assert metadata["outputs"]["agreement"] == os.path.abspath(paths["agreement"])
 
 
 def test_overlay_is_the_drawn_image(default_run, phantom):
@@ -447,6 +463,8 @@ def plain_png(tmp_path) -> pathlib.Path:
     (["--image={plain}", "--method=sam",
       "--ground_truth={inputs}/small.png"], "--ground_truth"),
     (["--image={plain}", "--method=sam", "--k=5"], "--k"),
+    (["--image={plain}", "--agreement={out}/agreement.jpg"], "--agreement"),
+    (["--image={plain}", "--method=sam", "--agreement={out}/a.png"], "--agreement"),
 ], ids=["unreadable_image", "missing_image", "box_outside", "box_negative",
         "box_zero_width", "box_zero_height", "box_inverted", "no_box",
         "box_empty_synthetic", "k_zero", "k_negative", "k_above_pixels",
@@ -455,7 +473,7 @@ def plain_png(tmp_path) -> pathlib.Path:
         "truth_missing", "truth_unreadable", "overlay_not_png",
         "overlay_collides_with_out", "debug_not_npz", "point_with_simsam",
         "multimask_with_simsam", "debug_with_sam", "truth_with_sam",
-        "k_with_sam"])
+        "k_with_sam", "agreement_not_png", "agreement_with_sam"])
 def test_bad_input_fails_cleanly(flags_, expected, plain_png, tmp_path,
                                  capsys):
   inputs = plain_png.parent

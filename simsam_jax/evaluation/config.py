@@ -42,6 +42,11 @@ def get_eval_config(arg: str = "busi") -> ConfigDict:
   c.save_masks = False
   c.num_figures = 8
   c.on_bad_example = "raise"  # or "skip": skipped files are listed in results.json
+  # review.csv: a finished evaluation of the validation split (same dataset,
+  # checkpoint, protocol, K) whose SimSAM confidences choose the threshold
+  # that keeps `review_keep` of its images; "" ranks without a threshold.
+  c.review_workdir = ""
+  c.review_keep = 0.9
   # Several processes (hosts, or jobs of a cluster array) sharing one workdir
   # evaluate disjoint image shards: image i goes to shard i % num_shards.
   # num_shards = 0: one shard per JAX process (jax.process_count(), index

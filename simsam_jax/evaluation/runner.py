@@ -223,18 +223,21 @@ class BatchRunner:
       out = {}
       if "sam" in self.methods:
         dsc, iou = _overlap(sam_mask, gt, policy)
-        out["sam"] = {"mask": sam_mask, "dsc": dsc, "iou": iou}
+        out["sam"] = {"mask": sam_mask, "dsc": dsc, "iou": iou, "iou_prediction": first_iou}
       for name, config in simsam.items():
         o = pipeline.simsam_after_first(model, embedding, box, info, config, key,
                                         first_low, first_iou, gt)
         dsc, iou = _overlap(o.mask, gt, policy)
+        valid, index = o.chosen >= 0, jnp.maximum(o.chosen, 0)  # -1: synthesised mask
         out[name] = {"mask": o.mask, "dsc": dsc, "iou": iou,
-                     "confidence": o.confidence, "chosen": o.chosen}
+                     "confidence": o.confidence, "chosen": o.chosen,
+                     "iou_prediction": jnp.where(valid, o.candidate_iou[index], jnp.nan),
+                     "chosen_score": jnp.where(valid, o.scores[index], jnp.nan)}
         if name == "simsam":
           cand = o.candidate_logits
           union = pipeline.low_res_to_original(
               (cand > 0).any(0).astype(jnp.float32) - 0.5, info, cand.shape[-1]) > 0
-          out[FIGURE] = {"sam": sam_mask, "union": union}
+          out[FIGURE] = {"sam": sam_mask, "union": union, "agreement": o.agreement}
       return out
 
     def step(state, pixels, boxes, key_data, gts, info):
@@ -274,9 +277,12 @@ class BatchRunner:
     """Waits for a dispatched batch -> one dict per real image:
 
     {method: {"mask": (H, W) bool, "dsc": float, "iou": float,
-    "confidence": float (NaN for SAM), "chosen": int (-1 for SAM)}}, plus,
-    when "simsam" ran, `FIGURE`: {"sam": SAM's mask, "union": union of the K
-    candidate masks}, each (H, W) bool.
+    "confidence": float (NaN for SAM), "chosen": int (-1 for SAM),
+    "iou_prediction": float (SAM's IoU head for its mask; for SimSAM, of the
+    chosen candidate), "chosen_score": float (the chosen candidate's
+    aggregation score, its mean IoU to the K; NaN for SAM)}}, plus, when
+    "simsam" ran, `FIGURE`: {"sam": SAM's mask, "union": union of the K
+    candidate masks, each (H, W) bool; "agreement": (H, W) float32 in [0, 1]}.
     """
     items, out = handle
     out = jax.device_get(out)
@@ -289,7 +295,10 @@ class BatchRunner:
                    "iou": float(o["iou"][i]),
                    "confidence": float(o["confidence"][i]) if "confidence" in o
                    else math.nan,
-                   "chosen": int(o["chosen"][i]) if "chosen" in o else -1}
+                   "chosen": int(o["chosen"][i]) if "chosen" in o else -1,
+                   "iou_prediction": float(o["iou_prediction"][i]),
+                   "chosen_score": float(o["chosen_score"][i]) if "chosen_score" in o
+                   else math.nan}
       if FIGURE in out:
         r[FIGURE] = {k: np.asarray(v[i]) for k, v in out[FIGURE].items()}
       results.append(r)

@@ -131,6 +131,21 @@ def _distance_to_outside(region: jax.Array) -> jax.Array:
   return jnp.where(region, jnp.sqrt(jnp.minimum(d2, big ** 2)), 0.0)
 
 
+def error_distances(prediction: jax.Array, ground_truth: jax.Array):
+  """Distance maps of the false-negative and false-positive regions.
+
+  Args:
+    prediction: (H, W) bool current prediction.
+    ground_truth: (H, W) bool (any dtype; nonzero is foreground).
+  Returns:
+    (fn_dist, fp_dist), each (H, W) float32: `_distance_to_outside` of
+    `gt & ~prediction` and of `prediction & ~gt` (0 outside the region).
+  """
+  gt = ground_truth.astype(bool)
+  return (_distance_to_outside(gt & ~prediction),
+          _distance_to_outside(prediction & ~gt))
+
+
 @CLICK_STRATEGIES.register("oracle")
 def oracle_clicks(probs, k: int, key, ground_truth=None, box=None):
   """Upper bound: clicks a perfect user would make (needs ground truth).
@@ -146,10 +161,7 @@ def oracle_clicks(probs, k: int, key, ground_truth=None, box=None):
   del key, box
   if ground_truth is None:
     raise ValueError("the 'oracle' click strategy needs the ground-truth mask")
-  pred = probs > 0.5
-  gt = ground_truth.astype(bool)
-  fn_dist = _distance_to_outside(gt & ~pred)
-  fp_dist = _distance_to_outside(pred & ~gt)
+  fn_dist, fp_dist = error_distances(probs > 0.5, ground_truth)
   positive = fn_dist.max() > fp_dist.max()
   dist = jnp.where(positive, fn_dist, fp_dist)
   _, idx = jax.lax.top_k(dist.reshape(-1), k)

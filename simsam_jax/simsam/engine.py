@@ -151,20 +151,38 @@ class SimSam:
       self.check(info, boxes[i], None if ground_truths is None else ground_truths[i])
     if keys is None:
       keys = jnp.stack([self.default_key()] * b)
-    gts = None if ground_truths is None else np.asarray(ground_truths, bool)
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    pad = (-b) % n  # repeat the last image so every device gets as many
-    take = lambda x: None if x is None else jnp.concatenate(
-        [x, jnp.repeat(x[-1:], pad, axis=0)], 0) if pad else x
-    mesh = Mesh(np.array(devices), ("data",))
-    data = NamedSharding(mesh, PartitionSpec("data"))
-    put = lambda x: None if x is None else jax.device_put(x, data)
-    state = jax.device_put(self.state, NamedSharding(mesh, PartitionSpec()))
-    out = self._batch(state, put(take(jnp.asarray(pixels))), put(take(jnp.asarray(boxes))),
-                      put(take(keys)), put(take(None if gts is None else jnp.asarray(gts))),
-                      info)
-    return jax.tree.map(lambda x: x[:b], out) if pad else out
+    gts = None if ground_truths is None else jnp.asarray(np.asarray(ground_truths, bool))
+    return data_parallel(self._batch, self.state, (jnp.asarray(pixels), jnp.asarray(boxes),
+                                                   keys, gts), devices, info=info)
+
+
+def data_parallel(batched_fn, state, arrays, devices=None, **static):
+  """`batched_fn(state, *arrays, **static)` sharded over `devices` along B.
+
+  The B images are split along a `data` mesh axis (parameters replicated);
+  the last image is repeated so that every device gets as many, and the
+  padding is dropped from the outputs.
+
+  Args:
+    batched_fn: a jitted function vmapped over the leading axis of `arrays`.
+    state: the model state (replicated).
+    arrays: arrays with a leading B axis, or None (passed through).
+    devices: the devices (default: all).
+    static: static keyword arguments of `batched_fn` (e.g. `info`).
+  Returns:
+    `batched_fn`'s output with B on every leaf's leading axis.
+  """
+  b = next(x for x in arrays if x is not None).shape[0]
+  devices = list(jax.devices() if devices is None else devices)
+  pad = (-b) % len(devices)  # repeat the last image so every device gets as many
+  take = lambda x: None if x is None else jnp.concatenate(
+      [x, jnp.repeat(x[-1:], pad, axis=0)], 0) if pad else x
+  mesh = Mesh(np.array(devices), ("data",))
+  data = NamedSharding(mesh, PartitionSpec("data"))
+  put = lambda x: None if x is None else jax.device_put(take(x), data)
+  state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+  out = batched_fn(state, *(put(x) for x in arrays), **static)
+  return jax.tree.map(lambda x: x[:b], out) if pad else out
 
 
 class _Stages:
