@@ -128,30 +128,35 @@ def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict:
     raise
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumable).")
-_CONFIG = config_flags.DEFINE_config_dict(
-    "config", demo_config(), "Evaluation config; override fields with --config.FIELD=value.")
-_PRECISION = flags.DEFINE_string(
-    "precision", None, f"Compute precision, one of: {', '.join(PRECISIONS)} "
-    "(sets --config.precision; default float32).")
+def define_flags() -> None:
+  """Defines --workdir, --config and --precision (only when run as a program,
+  so that importing this module defines no flag that another launcher, such
+  as `simsam_jax.segment`, also defines)."""
+  flags.DEFINE_string("workdir", None, "Output folder (resumable).")
+  config_flags.DEFINE_config_dict(
+      "config", demo_config(), "Evaluation config; override fields with --config.FIELD=value.")
+  flags.DEFINE_string(
+      "precision", None, f"Compute precision, one of: {', '.join(PRECISIONS)} "
+      "(sets --config.precision; default float32).")
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS.workdir:
     print("simsam_jax.demo: error: --workdir is required "
           "(e.g. --workdir=runs/demo)", file=sys.stderr)
     return 1
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  if _PRECISION.value is not None:
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.precision is not None:
     try:
-      policy_from_flags(_PRECISION.value, config.attention_impl,
+      policy_from_flags(FLAGS.precision, config.attention_impl,
                         attention_impl_flag="--config.attention_impl")
     except ValueError as e:
       print(f"simsam_jax.demo: error: {e}", file=sys.stderr)
       return 1
-    config.precision = _PRECISION.value
+    config.precision = FLAGS.precision
   random_weights = str(config.checkpoint).startswith("random:")
   if random_weights:
     print(random_weights_warning(config.checkpoint), flush=True)
@@ -179,4 +184,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
