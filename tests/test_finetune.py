@@ -534,7 +534,8 @@ def test_bfloat16_training_keeps_float32_master_weights(run, dataset, tmp_path):
   exported = load_model(history["exports"]["last"])
   assert {x.dtype for x in jax.tree.leaves(nnx.state(exported))} == {np.dtype(np.float32)}
   sidecar = read_sidecar(history["exports"]["last"])
-  assert "precision" not in json.dumps(sidecar)  # a run option, not architecture
+  assert "precision" not in sidecar["architecture"]  # a run option, not architecture
+  assert sidecar["source"]["config"]["precision"] == "bfloat16"  # the run's provenance
   with pytest.raises(TrainingError, match="precision"):
     finetune(_config(dataset, precision="bfloat16"), run[0], progress=False)
 
