@@ -23,7 +23,6 @@ import platform
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 # --preset, --repeats and --size are latency.py's flags (same meaning).

@@ -46,7 +46,7 @@ import itertools
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np

@@ -61,7 +61,6 @@ import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from scipy import ndimage

@@ -39,7 +39,7 @@ import io
 import json
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import scipy.stats
