@@ -9,8 +9,8 @@ ultrasound-like lesions with soft, noisy boundaries and exact masks) into
 the ablations `random`, `pixel_mean`, `k1` and `oracle`, with a small
 randomly initialised SAM (`random:tiny_1024`: 1024 x 1024 input, a two-block
 windowed ViT, SAM's prompt encoder and mask decoder). About 75 s on two CPU
-cores (24 images; each method compiles once, all phantoms are resized to
-256 x 256 by the paper protocol).
+cores (24 images; one program for all methods compiles once, since the
+paper protocol resizes every phantom to 256 x 256).
 
 Result to expect with the default random weights (2-core x86-64 CPU): every
 method near 16 % DSC, 9 % IoU and 2.5-3 % NSD (SAM 16.2 +- 2.2 DSC, SimSAM
