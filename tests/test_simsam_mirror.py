@@ -133,7 +133,8 @@ def test_end_to_end_on_every_real_image(setup):
       worst[key] = max(worst.get(key, 0.0), d[key])
     nontrivial += 0.01 < ref["mask"].numpy().mean() < 0.99
     print(f"{name}: agreement {d['mask_agreement']:.5f} chosen {d['chosen_index']} "
-          f"logits {d['max_logit_delta']:.1e}")
+          f"logits {d['max_logit_delta']:.1e} first logits {d['first_logit_delta']:.1e} "
+          f"cut-off gap {d['cutoff_gap']:.1e}")
   print(f"over {len(setup['samples'])} images: {worst}; near-ties {ties}")
   # Ties broken by rounding are rare; not every image picks candidate 0; most
   # final masks have a boundary (not vacuous).
