@@ -186,6 +186,11 @@ def check_simsam_box(box: Box) -> None:
                        "or height); SimSAM needs a box with an area")
 
 
+def _number(value: float) -> str:
+  """A float as a flag would spell it: `9` for 9.0, full precision else."""
+  return str(int(value)) if value.is_integer() else repr(value)
+
+
 def _as_floats(value, flag: str) -> np.ndarray:
   try:
     return np.asarray(value, np.float64).reshape(-1)
@@ -202,7 +207,7 @@ def as_box(value) -> Optional[Box]:
   """
   if value is None:
     return None
-  return parse_box(",".join(repr(float(v)) for v in _as_floats(value, "box")))
+  return parse_box(",".join(_number(float(v)) for v in _as_floats(value, "box")))
 
 
 def as_points(points, point_labels) -> list[Point]:
@@ -229,7 +234,7 @@ def as_points(points, point_labels) -> list[Point]:
     raise PredictorError(f"--point: expected (N, 2) points and (N,) labels, "
                          f"got shapes {np.shape(points)} and "
                          f"{np.shape(point_labels)}")
-  return [parse_point(f"{x!r},{y!r},{label}") for (x, y), label
+  return [parse_point(f"{_number(x)},{_number(y)},{label}") for (x, y), label
           in zip(xy.tolist(), labels.tolist())]
 
 
