@@ -57,7 +57,10 @@ import jax
 import numpy as np
 from PIL import Image
 
+from absl import logging
+
 from simsam_jax import fileio, processing
+from simsam_jax import overlay as overlay_lib
 from simsam_jax.inputs import InputImage
 from simsam_jax.predictor import LoadedSam, SamResult, SimSamResult
 from simsam_jax.prompts import Box, Point, PredictorError
@@ -423,3 +426,76 @@ def write_outputs(result: Any, metadata: dict, out: str,
   except OSError as error:
     raise PredictorError(f"--out={out!r}: cannot write the outputs: "
                        f"{error}") from None
+
+
+def write_sam(result: SamResult, sam: LoadedSam, input_image: InputImage,
+              box: Optional[Box], box_source: Optional[str],
+              points: Sequence[Point], multimask: bool, out: str,
+              save_logits: Optional[str], overlay: Optional[str]) -> dict:
+  """Writes (and logs) one SAM run's files; returns the metadata."""
+  metadata = build_metadata(result, sam, input_image, box, box_source,
+                            points, multimask, out, save_logits, overlay)
+  overlay_file = None
+  if overlay is not None:
+    xy = np.asarray([point[:2] for point in points],
+                    np.float64).reshape(-1, 2)
+    point_labels = np.asarray([point[2] for point in points], np.int32)
+    overlay_file = (overlay, overlay_lib.draw_overlay(
+        input_image.pixels, result.mask, box, xy, point_labels))
+  write_outputs(result, metadata, out, save_logits, overlay_file,
+                volume=input_volume(input_image))
+  logging.info(
+      "%s: %dx%d mask, foreground %.2f%%, IoU %.3f (mask %d of %d)%s; "
+      "encode %.1f ms, decode %.1f ms, compile %.0f ms [%s] -> %s",
+      input_image.spec, input_image.pixels.shape[1],
+      input_image.pixels.shape[0],
+      100 * metadata["mask_foreground_fraction"],
+      metadata["iou_predictions"][result.chosen_index], result.chosen_index,
+      len(metadata["iou_predictions"]),
+      ", RANDOM WEIGHTS" if sam.description["random_weights"] else "",
+      result.timings_ms["encode"], result.timings_ms["decode"],
+      sum(result.compile_ms.values()), jax.default_backend(), out)
+  return metadata
+
+
+def write_simsam(result: SimSamResult, config: SimSamConfig, sam: LoadedSam,
+                 input_image: InputImage, box: Box, box_source: str,
+                 truth: Optional[np.ndarray], truth_source: Optional[str],
+                 truth_path: Optional[str], out: str,
+                 save_logits: Optional[str], overlay: Optional[str],
+                 save_debug: Optional[str], agreement: Optional[str] = None) -> dict:
+  """Writes (and logs) one SimSAM run's files; returns the metadata."""
+  output = result.output
+  metadata = build_simsam_metadata(
+      result, config, sam, input_image, box, box_source, truth, truth_source,
+      truth_path, out, save_logits, overlay, save_debug)
+  overlay_file = None
+  if overlay is not None:
+    overlay_file = (overlay, overlay_lib.draw_overlay(
+        input_image.pixels, output.mask, box, output.clicks, output.labels))
+  debug_file = None
+  if save_debug is not None:
+    debug_file = (save_debug, debug_arrays(output))
+  agreement_file = None
+  metadata["outputs"]["agreement"] = None if agreement is None else os.path.abspath(agreement)
+  if agreement is not None:
+    from simsam_jax.evaluation.plots import agreement_image  # pylint: disable=import-outside-toplevel
+    agreement_file = (agreement, np.asarray(agreement_image(np.asarray(output.agreement))))
+  write_outputs(result, metadata, out, save_logits, overlay_file, debug_file,
+                volume=input_volume(input_image), agreement=agreement_file)
+  summary = metadata["simsam"]
+  logging.info(
+      "%s: %dx%d SimSAM mask (K=%d %s/%s/%s), foreground %.2f%% (SAM "
+      "%.2f%%), chosen %d, confidence %.3f%s; stages %s ms, compile %.0f ms "
+      "[%s] -> %s",
+      input_image.spec, input_image.pixels.shape[1],
+      input_image.pixels.shape[0], config.k, config.clicks,
+      config.aggregation, config.mask_prompt,
+      100 * metadata["mask_foreground_fraction"],
+      100 * summary["sam_mask_foreground_fraction"], summary["chosen_index"],
+      summary["confidence"],
+      ", RANDOM WEIGHTS" if sam.description["random_weights"] else "",
+      ", ".join(f"{name} {value:.1f}"
+                for name, value in result.timings_ms.items()),
+      sum(result.compile_ms.values()), jax.default_backend(), out)
+  return metadata

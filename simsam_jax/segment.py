@@ -78,16 +78,13 @@ exits with 1.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Optional, Sequence
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 
 from simsam_jax import inputs, outputs, profiles, prompts
-from simsam_jax import overlay as overlay_lib
 from simsam_jax.checkpoint.resolve import CheckpointSpecError, describe_checkpoint
 from simsam_jax.modeling import ATTENTION_IMPLS, PRECISIONS, Policy
 from simsam_jax.predictor import (LoadedSam, Predictor, load_sam, parse_policy, run_sam,
@@ -257,85 +254,35 @@ def segment(*, checkpoint: str, image: str, out: str,
                          truth, truth_source, ground_truth, out, save_logits,
                          overlay, save_debug, agreement)
 
-def _segment_sam(sam: LoadedSam, input_image: inputs.InputImage, box: Optional[prompts.Box],
-                 box_source: Optional[str], points: Sequence[prompts.Point],
-                 multimask: bool, out: str, save_logits: Optional[str],
-                 overlay: Optional[str]) -> dict:
+
+def _segment_sam(sam: LoadedSam, input_image: inputs.InputImage,
+                 box: Optional[prompts.Box], box_source: Optional[str],
+                 points: Sequence[prompts.Point], multimask: bool, out: str,
+                 save_logits: Optional[str], overlay: Optional[str]) -> dict:
   """`segment` for --method=sam, after validation; returns the metadata."""
   result = run_sam(sam, input_image.pixels, box, points, multimask)
-  metadata = outputs.build_metadata(result, sam, input_image, box, box_source,
-                            points, multimask, out, save_logits, overlay)
-  overlay_file = None
-  if overlay is not None:
-    xy = np.asarray([point[:2] for point in points],
-                    np.float64).reshape(-1, 2)
-    point_labels = np.asarray([point[2] for point in points], np.int32)
-    overlay_file = (overlay, overlay_lib.draw_overlay(
-        input_image.pixels, result.mask, box, xy, point_labels))
-  outputs.write_outputs(result, metadata, out, save_logits, overlay_file,
-                volume=outputs.input_volume(input_image))
-  logging.info(
-      "%s: %dx%d mask, foreground %.2f%%, IoU %.3f (mask %d of %d)%s; "
-      "encode %.1f ms, decode %.1f ms, compile %.0f ms [%s] -> %s",
-      input_image.spec, input_image.pixels.shape[1],
-      input_image.pixels.shape[0],
-      100 * metadata["mask_foreground_fraction"],
-      metadata["iou_predictions"][result.chosen_index], result.chosen_index,
-      len(metadata["iou_predictions"]),
-      ", RANDOM WEIGHTS" if sam.description["random_weights"] else "",
-      result.timings_ms["encode"], result.timings_ms["decode"],
-      sum(result.compile_ms.values()), jax.default_backend(), out)
-  return metadata
+  return outputs.write_sam(result, sam, input_image, box, box_source, points,
+                           multimask, out, save_logits, overlay)
 
 
 def _segment_simsam(sam: LoadedSam, config: SimSamConfig,
-                    input_image: inputs.InputImage, box: prompts.Box, box_source: str,
-                    truth: Optional[np.ndarray], truth_source: Optional[str],
-                    truth_path: Optional[str], out: str,
-                    save_logits: Optional[str], overlay: Optional[str],
-                    save_debug: Optional[str], agreement: Optional[str] = None) -> dict:
+                    input_image: inputs.InputImage, box: prompts.Box,
+                    box_source: str, truth: Optional[np.ndarray],
+                    truth_source: Optional[str], truth_path: Optional[str],
+                    out: str, save_logits: Optional[str], overlay: Optional[str],
+                    save_debug: Optional[str], agreement: Optional[str]) -> dict:
   """`segment` for --method=simsam, after validation; returns the metadata."""
   result = run_simsam(sam, config, input_image.pixels, box, truth)
-  output = result.output
-  metadata = outputs.build_simsam_metadata(
-      result, config, sam, input_image, box, box_source, truth, truth_source,
-      truth_path, out, save_logits, overlay, save_debug)
-  overlay_file = None
-  if overlay is not None:
-    overlay_file = (overlay, overlay_lib.draw_overlay(
-        input_image.pixels, output.mask, box, output.clicks, output.labels))
-  debug_file = None
-  if save_debug is not None:
-    debug_file = (save_debug, outputs.debug_arrays(output))
-  agreement_file = None
-  metadata["outputs"]["agreement"] = None if agreement is None else os.path.abspath(agreement)
-  if agreement is not None:
-    from simsam_jax.evaluation.plots import agreement_image
-    agreement_file = (agreement, np.asarray(agreement_image(np.asarray(output.agreement))))
-  outputs.write_outputs(result, metadata, out, save_logits, overlay_file, debug_file,
-                volume=outputs.input_volume(input_image), agreement=agreement_file)
-  summary = metadata["simsam"]
-  logging.info(
-      "%s: %dx%d SimSAM mask (K=%d %s/%s/%s), foreground %.2f%% (SAM "
-      "%.2f%%), chosen %d, confidence %.3f%s; stages %s ms, compile %.0f ms "
-      "[%s] -> %s",
-      input_image.spec, input_image.pixels.shape[1],
-      input_image.pixels.shape[0], config.k, config.clicks,
-      config.aggregation, config.mask_prompt,
-      100 * metadata["mask_foreground_fraction"],
-      100 * summary["sam_mask_foreground_fraction"], summary["chosen_index"],
-      summary["confidence"],
-      ", RANDOM WEIGHTS" if sam.description["random_weights"] else "",
-      ", ".join(f"{name} {value:.1f}"
-                for name, value in result.timings_ms.items()),
-      sum(result.compile_ms.values()), jax.default_backend(), out)
-  return metadata
+  return outputs.write_simsam(result, config, sam, input_image, box, box_source,
+                              truth, truth_source, truth_path, out, save_logits,
+                              overlay, save_debug, agreement)
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "checkpoint", None,
-    "Converted checkpoint folder, or random:PRESET[:SEED] for random weights "
+    "Converted checkpoint folder, official .pth, model.safetensors, Hugging Face "
+    "folder, or random:PRESET[:SEED] for random weights "
     "(smoke tests only).")
 flags.DEFINE_string(
     "image", None,
