@@ -2,6 +2,9 @@
 
 Public entry points:
 
+* `simsam_jax.Predictor`: SAM and SimSAM from Python, shaped like
+  `segment_anything.SamPredictor` (`Predictor.load(spec)`, `set_image`,
+  `predict`, `simsam`, `predict_batch`, `simsam_batch`).
 * `simsam_jax.modeling`: the Segment Anything Model in Flax NNX (`Sam`,
   `SamConfig`, presets `vit_b`, `vit_l`, `vit_h`, `tiny`).
 * `simsam_jax.processing`: SAM's pre- and post-processing (resize longest side,
@@ -11,3 +14,14 @@ Public entry points:
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  # `Predictor` imports JAX and the model: loaded on first use only.
+  if name == "Predictor":
+    from simsam_jax.predictor import Predictor  # pylint: disable=import-outside-toplevel
+    return Predictor
+  raise AttributeError(f"module 'simsam_jax' has no attribute {name!r}")
+
+
+__all__ = ["Predictor", "__version__"]

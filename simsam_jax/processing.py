@@ -547,10 +547,25 @@ def _to_rgb(image: np.ndarray, path: PathLike) -> np.ndarray:
   return np.ascontiguousarray(image)
 
 
-def _read_tiff(path: PathLike) -> np.ndarray:
+def decode_tiff(source) -> np.ndarray:
+  """The one TIFF decoder (images and masks, files and archive members).
+
+  Reads the first series with tifffile (any bit depth; Pillow cannot open
+  CVC-ClinicDB's 3-sample MinIsBlack TIFFs). Planar storage is recognised by
+  the series axes (`SYX`: samples first) and moved to (H, W, S).
+
+  Args:
+    source: a path or a binary file object.
+
+  Returns:
+    (H, W) or (H, W, S) array of the stored dtype.
+
+  Raises:
+    ValueError: for no image, no pixel data, or more than one 2-D image.
+  """
   import tifffile  # pylint: disable=import-outside-toplevel
 
-  with tifffile.TiffFile(path) as tiff:
+  with tifffile.TiffFile(source) as tiff:
     if not tiff.series:
       raise ValueError("no image in the file (truncated or invalid TIFF)")
     series = tiff.series[0]
@@ -564,6 +579,16 @@ def _read_tiff(path: PathLike) -> np.ndarray:
     raise ValueError(f"expected a single 2-D image, got TIFF axes {axes!r} "
                      f"and shape {image.shape}")
   return image
+
+
+def tiff_size(source) -> Tuple[int, int]:
+  """(H, W) of a TIFF's first series from its header (planar-aware)."""
+  import tifffile  # pylint: disable=import-outside-toplevel
+
+  with tifffile.TiffFile(source) as tiff:
+    series = tiff.series[0]
+    shape = dict(zip(series.axes, series.shape))
+  return int(shape["Y"]), int(shape["X"])
 
 
 # One channel of more than 8 bits (or float): read as they are.
@@ -648,7 +673,7 @@ def read_image(path: PathLike, intensity: Optional[IntensityPolicy] = None,
     elif kind == medical.DICOM:
       image, spacing = medical.read_dicom(path)
     elif suffix in _TIFF_SUFFIXES:
-      image = _read_tiff(path)
+      image = decode_tiff(path)
     else:
       image = _read_with_pil(path)
   except medical.MedicalFormatError as error:
@@ -674,3 +699,46 @@ def load_image(path: PathLike,
     FileNotFoundError, ValueError: as `read_image`; messages name the file.
   """
   return read_image(path, intensity).pixels
+
+
+# PIL modes whose values are read as they are (one channel of any depth);
+# every other mode goes through `convert("L")`.
+_MASK_RAW_MODES = ("1", "L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+# ITU-R 601-2 luma, the weights of PIL's `convert("L")`.
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+def _grayscale(array: np.ndarray) -> np.ndarray:
+  """(H, W) or (H, W, C) decoded pixels -> (H, W) float64 grayscale."""
+  if array.ndim == 3 and array.shape[-1] in (2, 4):  # Drop the alpha channel.
+    array = array[..., :-1]
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 3 and array.shape[-1] == 3:
+    return array.astype(np.float64) @ _LUMA_WEIGHTS
+  if array.ndim != 2:
+    raise ValueError(f"expected a single 2-D mask image, got an array of "
+                     f"shape {array.shape}")
+  return array.astype(np.float64)
+
+
+def read_mask_gray(path: PathLike) -> np.ndarray:
+  """A mask image file as (H, W) float64 grayscale (foreground: > 0).
+
+  Any image Pillow reads, or a TIFF (`decode_tiff`, any bit depth). Colour
+  images that Pillow reads go through its `convert("L")` (ITU-R 601-2 luma,
+  rounded), colour TIFFs through the same luma weights unrounded; alpha is
+  ignored; one-channel images of any depth are read as they are.
+
+  Raises:
+    ValueError: when the file cannot be decoded or is not one 2-D image
+      (decoder errors are passed on as they come).
+  """
+  path = os.fspath(path)
+  if path.lower().endswith(_TIFF_SUFFIXES):
+    return _grayscale(decode_tiff(path))
+  with Image.open(path) as picture:
+    picture.load()  # Decodes now, so truncated files fail here.
+    if picture.mode not in _MASK_RAW_MODES:
+      picture = picture.convert("L")
+    return _grayscale(np.asarray(picture))

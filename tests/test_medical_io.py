@@ -17,7 +17,7 @@ from PIL import Image
 
 import data_fixtures
 
-from simsam_jax import medical, processing, segment
+from simsam_jax import medical, predictor, processing, segment
 
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -220,7 +220,7 @@ def test_dicom_modality_units_window_and_spacing(tmp_path):
 def test_segment_writes_a_nifti_mask_of_the_input_geometry(tmp_path):
   volume = _volume()
   nib.save(nib.Nifti1Image(volume, AFFINE), tmp_path / "scan.nii.gz")
-  sam = segment.load_sam("random:tiny")
+  sam = predictor.load_sam("random:tiny")
   common = dict(checkpoint="random:tiny", image=str(tmp_path / "scan.nii.gz"),
                 box="4,6,15,12", method="sam", sam=sam, slice_index=3,
                 intensity="window:-100,900")

@@ -10,8 +10,8 @@ multimask_output=False)`, sigmoid, bilinear to (H, W) without aligned
 corners, `> 0.5`.
 
 Ours: the same random weights saved as an official `.pth`, converted with
-`convert_checkpoint(..., profile="medsam")`, loaded by `segment.load_sam`
-(the profile comes from the sidecar) and run by `segment.run_sam` and the
+`convert_checkpoint(..., profile="medsam")`, loaded by `predictor.load_sam`
+(the profile comes from the sidecar) and run by `predictor.run_sam` and the
 SimSAM engine. Preset `tiny_1024` (MedSAM's 1024 / 64 / 256 geometry with
 a two-block encoder); real sample images at their native sizes, boxes from
 their ground truth; the decoder is balanced on them so masks are decisive.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_reference as tr
-from simsam_jax import processing, profiles, segment
+from simsam_jax import predictor, processing, profiles
 from simsam_jax.checkpoint import convert_checkpoint, read_sidecar
 from simsam_jax.modeling import get_preset
 from simsam_jax.simsam import SimSam, SimSamConfig
@@ -113,12 +113,12 @@ def setup(shared_data, tmp_path_factory):
   pth = tr.save_official_pth(official, str(tmp_path_factory.mktemp("pth") / "medsam.pth"))
   dst = str(tmp_path_factory.mktemp("ckpt") / "medsam")
   convert_checkpoint(pth, dst, profile="medsam")
-  return {"samples": samples, "dst": dst, "sam": segment.load_sam(dst)}
+  return {"samples": samples, "dst": dst, "sam": predictor.load_sam(dst)}
 
 
 def test_sidecar_records_the_profile_and_tools_read_it(setup):
   assert read_sidecar(setup["dst"])["profile"] == "medsam"
-  sam = segment.with_profile(setup["sam"], None)
+  sam = predictor.with_profile(setup["sam"], None)
   assert sam.description["profile"] == "medsam"
   assert sam.description["profile_source"] == "checkpoint"
 
@@ -147,12 +147,12 @@ def test_resize_equals_scikit_image(setup):
 
 def _ours(sam, s):
   """Box-only single-mask logits (M, M) and mask (H, W) under `sam`'s profile."""
-  profile = segment.sam_profile(sam)
+  profile = predictor.sam_profile(sam)
   if profile.name == "medsam":
     pixels, info = s["pixels"], s["info"]
   else:
     pixels, info = profile.preprocess(s["img_3c"], 1024)
-  boxes, _, _ = segment.model_prompts(tuple(float(v) for v in s["box"]), [], info)
+  boxes, _, _ = predictor.model_prompts(tuple(float(v) for v in s["box"]), [], info)
   embedding = sam.fns.encode(sam.state, pixels[None])
   logits, _ = sam.fns.decode(sam.state, embedding, None, None, boxes, None)
   logits = logits[0, 0, 0]
@@ -160,7 +160,7 @@ def _ours(sam, s):
 
 
 def test_low_res_logits_and_masks_match_medsam(setup):
-  sam = segment.with_profile(setup["sam"], None)
+  sam = predictor.with_profile(setup["sam"], None)
   for s in setup["samples"]:
     logits, mask, box = _ours(sam, s)
     np.testing.assert_allclose(logits, s["logits"], atol=1e-4, err_msg=s["name"])
@@ -172,17 +172,17 @@ def test_low_res_logits_and_masks_match_medsam(setup):
 
 
 def test_segment_command_path_matches_medsam(setup):
-  """`segment.run_sam` (the CLI's SAM path) under the sidecar's profile."""
-  sam = segment.with_profile(setup["sam"], None)
+  """`predictor.run_sam` (the CLI's SAM path) under the sidecar's profile."""
+  sam = predictor.with_profile(setup["sam"], None)
   s = setup["samples"][0]
-  result = segment.run_sam(sam, s["img_3c"], tuple(float(v) for v in s["box"]), [], False)
+  result = predictor.run_sam(sam, s["img_3c"], tuple(float(v) for v in s["box"]), [], False)
   np.testing.assert_allclose(result.low_res_logits[0], s["logits"], atol=1e-4)
   np.testing.assert_array_equal(result.mask, s["seg"].astype(bool))
 
 
 def test_sam_profile_would_feed_another_input(setup):
   """The profile decides: under `sam` the same weights give other logits."""
-  sam = segment.with_profile(setup["sam"], "sam")
+  sam = predictor.with_profile(setup["sam"], "sam")
   assert sam.description["profile_source"] == "flag"
   s = setup["samples"][1]
   logits, mask, _ = _ours(sam, s)

@@ -542,6 +542,7 @@ def run_convert(ws: Workspace, command: str) -> Result:
 
 
 def run_segment(ws: Workspace, command: str) -> Result:
+  from simsam_jax import outputs as outputs_lib
   from simsam_jax import segment as segment_lib
   flags = parse_flags(command)
   method = flags.get("method", segment_lib.DEFAULT_METHOD)
@@ -550,10 +551,10 @@ def run_segment(ws: Workspace, command: str) -> Result:
   result = ws.run(command, home, overrides=overrides).check()
   cwd = ws.cwd
   out = _in(cwd, home, str(flags["out"]))
-  metadata = json.loads(pathlib.Path(segment_lib.metadata_path(str(out))).read_text())
+  metadata = json.loads(pathlib.Path(outputs_lib.metadata_path(str(out))).read_text())
   assert metadata["method"] == method
   image = str(flags["image"])
-  if segment_lib.is_nifti_path(str(out)):  # a volume of the input's geometry
+  if outputs_lib.is_nifti_path(str(out)):  # a volume of the input's geometry
     import nibabel as nib
     volume, scan = nib.load(out), nib.load(_in(cwd, home, image))
     assert volume.shape == scan.shape
@@ -587,7 +588,7 @@ def run_segment(ws: Workspace, command: str) -> Result:
     assert agreement.width > mask.shape[1]  # the map and its colour bar
   if "save_debug" in flags:
     with np.load(_in(cwd, home, str(flags["save_debug"]))) as debug:
-      assert set(segment_lib.DEBUG_KEYS) <= set(debug.files), debug.files
+      assert set(outputs_lib.DEBUG_KEYS) <= set(debug.files), debug.files
       assert debug["clicks"].shape == (4, 2)
   if "multimask" in flags:
     assert len(metadata["iou_predictions"]) == 3

@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from simsam_jax import processing, segment, synthetic
+from simsam_jax import fileio, predictor, processing, segment, synthetic
 from simsam_jax.checkpoint import save_checkpoint
 from simsam_jax.modeling import build_sam, get_preset
 
@@ -42,8 +42,8 @@ METADATA_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def tiny_sam() -> segment.LoadedSam:
-  return segment.load_sam(RANDOM_SPEC)
+def tiny_sam() -> predictor.LoadedSam:
+  return predictor.load_sam(RANDOM_SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +380,7 @@ def test_failed_write_leaves_nothing(tmp_path):
   blocker = tmp_path / "blocker"
   blocker.write_text("a file where a folder is needed")
   with pytest.raises(OSError):
-    segment.write_files_atomically({
+    fileio.write_files_atomically({
         str(good_dir / "mask.png"): b"png",
         str(blocker / "lowres.npy"): b"npy",
     })

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from simsam_jax import overlay, processing, segment, synthetic
+from simsam_jax import inputs, overlay, predictor, processing, segment, synthetic
 from simsam_jax.modeling import build_sam, get_preset
 from simsam_jax.simsam import SimSam, SimSamConfig
 
@@ -50,8 +50,8 @@ STAGES = ("encode", "first_decode", "simulate_and_decode", "aggregate")
 
 
 @pytest.fixture(scope="module")
-def tiny_sam() -> segment.LoadedSam:
-  return segment.load_sam(RANDOM_SPEC)
+def tiny_sam() -> predictor.LoadedSam:
+  return predictor.load_sam(RANDOM_SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -408,9 +408,9 @@ def test_load_ground_truth_formats(tmp_path):
   tifffile.imwrite(tiff, truth.astype(np.uint16) * 700)
   for path in (binary_l, rgb, deep, tiff):
     np.testing.assert_array_equal(
-        segment.load_ground_truth(str(path), (6, 8)), truth, err_msg=path.name)
+        inputs.load_ground_truth(str(path), (6, 8)), truth, err_msg=path.name)
   with pytest.raises(segment.SegmentError, match="--ground_truth.*image"):
-    segment.load_ground_truth(str(binary_l), (8, 6))
+    inputs.load_ground_truth(str(binary_l), (8, 6))
 
 
 # ----------------------------------------------------------------------------

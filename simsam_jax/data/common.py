@@ -195,12 +195,8 @@ def _tiff_source(ref: FileRef):
 
 
 def _read_tiff(ref: FileRef) -> np.ndarray:
-  import tifffile  # pylint: disable=import-outside-toplevel
-  array = np.asarray(tifffile.imread(_tiff_source(ref)))
-  if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (
-      1, 3, 4):
-    array = np.moveaxis(array, 0, -1)  # planar (C, H, W) storage
-  return array
+  from simsam_jax import processing  # pylint: disable=import-outside-toplevel
+  return processing.decode_tiff(_tiff_source(ref))
 
 
 def _check_uint8(array: np.ndarray, ref: FileRef, what: str) -> np.ndarray:
@@ -221,13 +217,8 @@ def read_size(ref: FileRef) -> Tuple[int, int]:
   """
   try:
     if ref.suffix in TIFF_SUFFIXES:
-      import tifffile  # pylint: disable=import-outside-toplevel
-      with tifffile.TiffFile(_tiff_source(ref)) as tif:
-        page = tif.pages[0]
-        shape = page.shape
-        if getattr(page, "planarconfig", 1) == 2 and len(shape) == 3:
-          return int(shape[1]), int(shape[2])
-        return int(shape[0]), int(shape[1])
+      from simsam_jax import processing  # pylint: disable=import-outside-toplevel
+      return processing.tiff_size(_tiff_source(ref))
     with _open_pil(ref) as image:
       width, height = image.size
       return int(height), int(width)
