@@ -1459,9 +1459,10 @@ def segment(*, checkpoint: str, image: str, out: str,
       truth, truth_source = load_ground_truth(ground_truth, image_size), "flag"
     elif input_image.synthetic_mask is not None:
       truth, truth_source = input_image.synthetic_mask, "synthetic"
-    if config.clicks == "oracle" and truth is None:
-      raise SegmentError("--clicks=oracle needs a ground truth: give "
-                         "--ground_truth=MASK or a synthetic --image")
+    if config.needs_ground_truth and truth is None:
+      raise SegmentError(f"--clicks={config.clicks} --aggregation={config.aggregation} "
+                         "needs a ground truth: give --ground_truth=MASK or a "
+                         "synthetic --image")
   else:
     check_prompts(parsed_box, parsed_points, image_size)
 
