@@ -42,7 +42,8 @@ def get_config(arg: str = "busi"):
   base = get_eval_config(arg)  # dataset / protocol parsing shared with evaluation
   parts = [p.strip() for p in (arg or "busi").split(",") if p.strip()]
   c = base.copy_and_resolve_references()
-  for field in ("methods", "k", "split", "empty_mask_policy", "save_masks", "num_figures"):
+  for field in ("methods", "k", "split", "empty_mask_policy", "save_masks", "num_figures",
+                "metrics", "columns", "reports", "figures", "import_modules"):
     del c[field]
   c.train_split = "train"
   c.val_split = "validation"

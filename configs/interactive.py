@@ -31,7 +31,8 @@ from simsam_jax.evaluation.config import get_eval_config
 def get_config(arg: str = "busi"):
   c = get_eval_config(arg)
   for unused in ("methods", "save_masks", "nsd_tolerance", "empty_mask_policy",
-                 "review_workdir", "review_keep"):
+                 "review_workdir", "review_keep", "metrics", "columns", "reports",
+                 "figures", "import_modules"):
     del c[unused]
   c.num_rounds = 20
   c.starts = "box,simsam,clicks_only"

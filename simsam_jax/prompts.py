@@ -255,11 +255,13 @@ def check_simsam_prompt(config: SimSamConfig, box: Box,
 
 
 def check_ground_truth_need(config: SimSamConfig, ground_truth) -> None:
-  """The strategy that needs a ground truth (`oracle`) gets one.
+  """A strategy that declared `needs_ground_truth` at registration (`oracle`)
+  gets a ground truth.
 
   Raises:
-    PredictorError: naming --clicks=oracle.
+    PredictorError: naming the strategy flags.
   """
-  if config.clicks == "oracle" and ground_truth is None:
-    raise PredictorError("--clicks=oracle needs a ground truth: give "
-                         "--ground_truth=MASK or a synthetic --image")
+  if config.needs_ground_truth and ground_truth is None:
+    raise PredictorError(f"--clicks={config.clicks} --aggregation={config.aggregation} "
+                         "needs a ground truth: give --ground_truth=MASK or a "
+                         "synthetic --image")

@@ -8,13 +8,17 @@
 * `config_dict(config)`: an `ml_collections.ConfigDict` as plain JSON data.
 * `refuse_changed_config(workdir, current, keys)`: a workdir's recorded run
   must agree on the results-defining keys.
+* `lock(workdir, shard=None)`: one run owns a workdir (or one shard of it)
+  while it works; a second is refused at once (`WorkdirBusy`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from typing import Any
+from typing import Any, Iterator, Optional, Union
 
 from ml_collections import ConfigDict
 
@@ -59,3 +63,121 @@ def refuse_changed_config(workdir: str, current: dict[str, Any], keys) -> None:
     lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
     raise ValueError(f"--workdir={workdir} holds a run with a different config ({lines}); "
                      "use another workdir")
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirBusy(ValueError):
+  """Another live process holds the workdir (or the shard) this run wants."""
+
+
+def _shard_lock(workdir: str, index: int, num: int) -> str:
+  return os.path.join(workdir, f"{LOCK_FILE}-{index:05d}-of-{num:05d}")
+
+
+def _holders(paths: list[str]) -> list[str]:
+  """Pids recorded in those of the lock files `paths` that a live process
+  holds exclusively (unique, in order)."""
+  pids = []
+  for path in paths:
+    try:
+      with open(path) as f:
+        try:  # no exclusive holder: a pid recorded there is stale
+          fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+          continue
+        except BlockingIOError:
+          pid = f.read().strip()
+    except OSError:
+      continue
+    if pid and pid not in pids:
+      pids.append(pid)
+  return pids
+
+
+def _lock_files(workdir: str) -> list[str]:
+  return [os.path.join(workdir, n) for n in sorted(os.listdir(workdir))
+          if n == LOCK_FILE or n.startswith(LOCK_FILE + "-")]
+
+
+def _acquire(path: str, exclusive: bool, what: str, workdir: str):
+  """Opens and flocks `path` (non-blocking); records the pid when exclusive."""
+  f = open(path, "a+")
+  try:
+    fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.close()
+    pids = _holders(_lock_files(workdir) if what == "" else [path])
+    holder = f"pid {', '.join(pids)}" if pids else "pid unknown"
+    raise WorkdirBusy(f"--workdir={workdir}{what} is in use by another run ({holder}); "
+                      "wait for it to finish or use another workdir") from None
+  if exclusive:
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+  return f
+
+
+def _release(f, exclusive: bool) -> None:
+  if exclusive:  # no stale pid for the next reader
+    f.seek(0)
+    f.truncate()
+    f.flush()
+  f.close()  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None]:
+  """Owns `workdir` (or one shard of it) for the duration of a run.
+
+  An exclusive `fcntl.flock` on `workdir/.lock` (a sharded run: a shared
+  lock on it plus an exclusive one on `.lock-IIIII-of-NNNNN`), taken at once
+  or refused, never waited for: a second process started on the same workdir
+  (or shard) gets `WorkdirBusy` naming the workdir and the holder's pid,
+  before it does any work. Shards of one run hold the workdir together; a
+  one-process run and a sharded run exclude each other. The kernel releases
+  the locks when the process exits or crashes; the lock files stay (empty).
+
+  A workdir that did not exist is created for its lock file and removed
+  again when the body raises before writing anything else.
+
+  Args:
+    workdir: the run's output folder.
+    shard: (index, num_shards) of a sharded run (num_shards > 1), or None.
+  """
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  sharded = shard is not None and shard[1] > 1
+  held = []
+  try:
+    held.append((_acquire(os.path.join(workdir, LOCK_FILE), not sharded, "", workdir),
+                 not sharded))
+    if sharded:
+      index, num = shard
+      held.append((_acquire(_shard_lock(workdir, index, num), True,
+                            f" shard {index} of {num}", workdir), True))
+  except BaseException:
+    for f, exclusive in reversed(held):
+      _release(f, exclusive)
+    if created:
+      _remove_if_only_locks(workdir)
+    raise
+  ok = False
+  try:
+    yield
+    ok = True
+  finally:
+    for f, exclusive in reversed(held):
+      _release(f, exclusive)
+    if created and not ok:
+      _remove_if_only_locks(workdir)
+
+
+def _remove_if_only_locks(workdir: str) -> None:
+  """Removes a workdir holding nothing but lock files (a refused run)."""
+  locks = _lock_files(workdir)
+  if len(locks) == len(os.listdir(workdir)):
+    for path in locks:
+      os.remove(path)
+    os.rmdir(workdir)

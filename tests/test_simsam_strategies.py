@@ -534,3 +534,50 @@ def test_validate_defaults_are_the_paper():
   assert not c.clicks_in_box and not c.include_box_only_mask
   assert c.num_candidates == 50
   assert SimSamConfig(k=4, include_box_only_mask=True).num_candidates == 5
+
+
+def _truth_centre_clicks(probs, k, key, ground_truth=None, box=None):
+  """k positive clicks at the first foreground pixel of the ground truth."""
+  del probs, key, box
+  flat = jnp.argmax(ground_truth.reshape(-1)).astype(jnp.int32)
+  xy = jnp.stack([flat % ground_truth.shape[1], flat // ground_truth.shape[1]])
+  return jnp.tile(xy[None], (k, 1)), jnp.ones((k,), jnp.int32)
+
+
+def _truth_count_aggregation(candidate_logits, iou_predictions, ground_truth=None):
+  """Picks candidate (number of foreground pixels of the truth) mod K."""
+  del iou_predictions
+  chosen = (jnp.sum(ground_truth, dtype=jnp.int32) % candidate_logits.shape[0]).astype(jnp.int32)
+  return agg.Aggregation(candidate_logits[chosen], chosen,
+                         jnp.zeros(candidate_logits.shape[:1], jnp.float32))
+
+
+def test_strategies_declare_ground_truth_at_registration():
+  assert CLICK_STRATEGIES.declared("oracle", "needs_ground_truth") is True
+  assert not CLICK_STRATEGIES.declared("topk", "needs_ground_truth")
+  assert not any(AGGREGATIONS.declared(n, "needs_ground_truth") for n in AGGREGATIONS.names())
+  assert SimSamConfig(clicks="oracle").needs_ground_truth
+  assert not SimSamConfig().needs_ground_truth
+  with pytest.raises(TypeError, match="unknown declarations"):
+    CLICK_STRATEGIES.register("x", needs_truth=True)
+  CLICK_STRATEGIES.register("truth_first", needs_ground_truth=True)(_truth_centre_clicks)
+  AGGREGATIONS.register("truth_count", needs_ground_truth=True)(_truth_count_aggregation)
+  try:
+    model = build_sam(get_preset("tiny"), 11)
+    image, truth, box = synthetic.phantom(45, 37, seed=2)
+    pixels, info = processing.preprocess(image, model.config.image_size)
+    for config in (SimSamConfig(k=3, clicks="truth_first"),
+                   SimSamConfig(k=3, aggregation="truth_count")):
+      assert config.needs_ground_truth
+      engine = SimSam(model, config)
+      with pytest.raises(ValueError, match="needs the ground-truth mask"):
+        engine.run(pixels, box, info)
+    config = SimSamConfig(k=3, clicks="truth_first", aggregation="truth_count")
+    out = SimSam(model, config).run(pixels, box, info, ground_truth=truth)
+    flat = int(np.argmax(np.asarray(truth).reshape(-1)))
+    np.testing.assert_array_equal(np.asarray(out.clicks), [[flat % 37, flat // 37]] * 3)
+    assert int(out.chosen) == int(np.asarray(truth).sum()) % 3
+  finally:
+    CLICK_STRATEGIES.unregister("truth_first")
+    AGGREGATIONS.unregister("truth_count")
+  assert "truth_first" not in CLICK_STRATEGIES and "truth_count" not in AGGREGATIONS

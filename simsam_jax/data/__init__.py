@@ -1,9 +1,13 @@
 """The paper's datasets as distributed, as TFDS builders readable without TF.
 
-* `busi.Busi`, `cvc_clinicdb.CvcClinicdb`, `isic2016.Isic2016`: TFDS
-  `GeneratorBasedBuilder`s (registered as "busi", "cvc_clinicdb",
-  "isic2016") that read a `manual_dir` and write ArrayRecord files;
-  `phantom.Phantom` ("phantom") generates ultrasound-like lesions instead.
+* `registry`: every dataset's name, aliases, builder, default config and
+  protocol hook; a new dataset is one module and one `registry.register`.
+* `builder`: the builder base classes (`ManualBuilder`, `LocalBuilder`).
+* `busi.Busi`, `cvc_clinicdb.CvcClinicdb`, `isic2016.Isic2016`,
+  `nifti_folder.NiftiFolder`: TFDS `GeneratorBasedBuilder`s (registered as
+  "busi", "cvc_clinicdb", "isic2016", "nifti_folder") that read a
+  `manual_dir` and write ArrayRecord files; `phantom.Phantom` ("phantom")
+  generates ultrasound-like lesions instead.
 * `splitting` and `make_splits`: the committed, deterministic splits
   (`splits/*.json`).
 * `protocols`: the `paper` and `native` evaluation protocols (`prepare`).
@@ -16,6 +20,7 @@ from simsam_jax.data.common import DatasetError
 from simsam_jax.data.busi import Busi, BusiConfig, select_paper437
 from simsam_jax.data.cvc_clinicdb import CvcClinicdb
 from simsam_jax.data.isic2016 import Isic2016
+from simsam_jax.data.nifti_folder import NiftiFolder
 from simsam_jax.data.phantom import Phantom
 from simsam_jax.data.loading import (build_metadata, get_builder, iter_split,
                                      load_split, prepare_builder,
@@ -25,7 +30,7 @@ from simsam_jax.data.protocols import (NATIVE, PAPER, PROTOCOLS,
                                        prepare)
 
 __all__ = [
-    "Busi", "BusiConfig", "CvcClinicdb", "DatasetError", "Isic2016", "NATIVE",
+    "Busi", "BusiConfig", "CvcClinicdb", "DatasetError", "Isic2016", "NATIVE", "NiftiFolder",
     "PAPER", "PROTOCOLS", "Phantom", "PreparedExample", "Protocol", "box_from_mask",
     "build_metadata", "get_builder", "iter_split", "load_split", "prepare",
     "prepare_builder", "select_paper437", "skipped_examples",

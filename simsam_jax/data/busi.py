@@ -50,9 +50,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simsam_jax.data import registry
 from simsam_jax.data import common
 from simsam_jax.data import splitting
-from simsam_jax.data._builder import (ManualBuilder, Record, common_features,
+from simsam_jax.data.builder import (ManualBuilder, Record, common_features,
                                       source_format)
 from simsam_jax.data.common import BadExamples, DatasetError, FileRef
 
@@ -416,3 +417,8 @@ Keep the file names as distributed (spaces, parentheses, `_mask_1.png`).
         raise DatasetError(f"busi: id {record.id} is in no split list of "
                            f"{files}", path=record.image.display)
     return self._assign_from_lists(records, split_lists, bad, metadata)
+
+
+# BUSI's default for evaluations is the published 437-image selection.
+registry.register(registry.DatasetSpec(
+    name="busi", builder=Busi, default_config="paper437"))

@@ -34,9 +34,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simsam_jax.data import protocols, registry
 from simsam_jax.data import common
 from simsam_jax.data import splitting
-from simsam_jax.data._builder import (ManualBuilder, Record, common_features,
+from simsam_jax.data.builder import (ManualBuilder, Record, common_features,
                                       source_format)
 from simsam_jax.data.common import BadExamples, DatasetError, FileRef
 
@@ -188,3 +189,8 @@ or the PNG repack found on Kaggle:
     metadata["split_files"] = ["cvc_clinicdb.json"]
     split_lists = splitting.load_split_lists("cvc_clinicdb")
     return self._assign_from_lists(records, split_lists, bad, metadata)
+
+
+registry.register(registry.DatasetSpec(
+    name="cvc_clinicdb", builder=CvcClinicdb, aliases=("cvc", "cvc612", "cvc_clinic_db"),
+    protocol_hook=protocols.cvc_rules))

@@ -40,9 +40,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
+from simsam_jax.data import registry
 from simsam_jax.data import common
 from simsam_jax.data import splitting
-from simsam_jax.data._builder import (ManualBuilder, Record, common_features,
+from simsam_jax.data.builder import (ManualBuilder, Record, common_features,
                                       source_format)
 from simsam_jax.data.common import BadExamples, DatasetError, FileRef
 
@@ -205,3 +206,7 @@ Without the Test parts the dataset has train and validation splits only.
                         else "train")
       splits[record.split].append(record)
     return splits
+
+
+registry.register(registry.DatasetSpec(
+    name="isic2016", builder=Isic2016, aliases=("isic", "isic_2016")))

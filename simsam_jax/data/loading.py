@@ -18,25 +18,17 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 import tensorflow_datasets as tfds
 
-from simsam_jax.data import _builder
-from simsam_jax.data import protocols
-from simsam_jax.data.busi import Busi
-from simsam_jax.data.cvc_clinicdb import CvcClinicdb
-from simsam_jax.data.isic2016 import Isic2016
-from simsam_jax.data.nifti_folder import NiftiFolder
-from simsam_jax.data.phantom import Phantom
-
-BUILDERS = {"busi": Busi, "cvc_clinicdb": CvcClinicdb, "isic2016": Isic2016,
-            "phantom": Phantom, "nifti_folder": NiftiFolder}
+from simsam_jax.data import builder as builder_lib
+from simsam_jax.data import registry
 SPLITS = ("train", "validation", "test")
 PathLike = Union[str, os.PathLike]
 
 
 def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
-                on_bad_example: str = "raise") -> _builder.LocalBuilder:
-  """The builder of dataset `name` ("busi", "cvc_clinicdb", "isic2016",
-  "phantom", "nifti_folder")."""
-  cls = BUILDERS[protocols.canonical_dataset(name)]
+                on_bad_example: str = "raise") -> builder_lib.LocalBuilder:
+  """The builder of dataset `name`, a name or alias of
+  `simsam_jax.data.registry` (ValueError listing the registered ones)."""
+  cls = registry.get(name).builder
   kwargs: Dict[str, Any] = {"data_dir": os.fspath(data_dir),
                             "on_bad_example": on_bad_example}
   if config is not None:
@@ -47,7 +39,7 @@ def get_builder(name: str, data_dir: PathLike, config: Optional[str] = None,
 def prepare_builder(name: str, data_dir: PathLike,
                     manual_dir: Optional[PathLike] = None,
                     config: Optional[str] = None,
-                    on_bad_example: str = "raise") -> _builder.LocalBuilder:
+                    on_bad_example: str = "raise") -> builder_lib.LocalBuilder:
   """`get_builder`, then `download_and_prepare` from `manual_dir` if needed.
 
   Several processes may call this at once on one `data_dir` (the shards of an
@@ -59,7 +51,7 @@ def prepare_builder(name: str, data_dir: PathLike,
       manual_dir=None if manual_dir is None else os.fspath(manual_dir))
   os.makedirs(os.fspath(data_dir), exist_ok=True)
   lock_path = os.path.join(os.fspath(data_dir),
-                           f".{protocols.canonical_dataset(name)}.lock")
+                           f".{registry.canonical(name)}.lock")
   with open(lock_path, "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
@@ -85,7 +77,7 @@ def _to_python(name: str, value: Any, feature: Any) -> Any:
   return value
 
 
-def iter_split(builder: _builder.LocalBuilder, split: str
+def iter_split(builder: builder_lib.LocalBuilder, split: str
                ) -> Iterator[Dict[str, Any]]:
   """Examples of one built split (or "all") as numpy/python dicts."""
   available = [s for s in SPLITS if s in builder.info.splits]
@@ -119,7 +111,7 @@ def load_split(name: str, split: str, data_dir: PathLike,
   """Builds the dataset if needed and returns one split as numpy dicts.
 
   Args:
-    name: "busi", "cvc_clinicdb" or "isic2016".
+    name: a registered dataset name or alias (`simsam_jax.data.registry`).
     split: "train", "validation", "test" or "all" (every built split, in
       that order).
     data_dir: TFDS data folder (the dataset goes to
@@ -145,12 +137,12 @@ def load_split(name: str, split: str, data_dir: PathLike,
   return list(iter_split(builder, split))
 
 
-def build_metadata(builder: _builder.LocalBuilder) -> Dict[str, Any]:
+def build_metadata(builder: builder_lib.LocalBuilder) -> Dict[str, Any]:
   """The build record (`metadata.json`) of a built dataset, as a dict."""
   return dict(builder.info.metadata or {})
 
 
-def skipped_examples(builder_or_dir: Union[_builder.LocalBuilder, PathLike]
+def skipped_examples(builder_or_dir: Union[builder_lib.LocalBuilder, PathLike]
                      ) -> List[Dict[str, Any]]:
   """The files skipped by `on_bad_example="skip"` when the dataset was built.
 
@@ -162,8 +154,8 @@ def skipped_examples(builder_or_dir: Union[_builder.LocalBuilder, PathLike]
     One dict per skipped file: "id", "path", "file" (relative to the
     manual_dir) and "reason".
   """
-  if isinstance(builder_or_dir, _builder.LocalBuilder):
+  if isinstance(builder_or_dir, builder_lib.LocalBuilder):
     folder = pathlib.Path(os.fspath(builder_or_dir.data_dir))
   else:
     folder = pathlib.Path(builder_or_dir)
-  return json.loads((folder / _builder.SKIPPED_FILE).read_text())
+  return json.loads((folder / builder_lib.SKIPPED_FILE).read_text())

@@ -38,8 +38,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simsam_jax import medical, processing
+from simsam_jax.data import registry
 from simsam_jax.data import common, splitting
-from simsam_jax.data._builder import ManualBuilder, Record, common_features
+from simsam_jax.data.builder import ManualBuilder, Record, common_features
 from simsam_jax.data.common import BadExamples, DatasetError
 
 LAYOUTS = (("imagesTr", "labelsTr"), ("images", "labels"))
@@ -199,3 +200,9 @@ foreground is label > 0. Needs pip install -e ".[medical]".
         bad.handle(error, file=record.image.rel)
         continue
       yield from examples
+
+
+# "labelled" (every slice with foreground) or "largest" (the largest-area
+# slice per volume).
+registry.register(registry.DatasetSpec(
+    name="nifti_folder", builder=NiftiFolder, default_config="labelled"))

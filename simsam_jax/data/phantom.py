@@ -7,7 +7,7 @@ the lesion's exact ground-truth mask. The same config always builds the same
 bytes.
 
 Examples are stored with the features of the real datasets (see
-`_builder.common_features`), so `protocols.prepare`, the metrics and the
+`builder.common_features`), so `protocols.prepare`, the metrics and the
 launchers treat them like BUSI images:
 
 * `id`: `phantom_007`.
@@ -36,8 +36,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from simsam_jax import synthetic
+from simsam_jax.data import registry
 from simsam_jax.data import common
-from simsam_jax.data._builder import LocalBuilder, common_features
+from simsam_jax.data.builder import LocalBuilder, common_features
 
 SPLITS = ("train", "validation", "test")
 # Seeds of the size draws are offset from the image seeds, so that the size
@@ -158,3 +159,7 @@ class Phantom(LocalBuilder):
     for seed in seeds:
       example = make_example(seed, config.min_side, config.max_side)
       yield example["id"], example
+
+
+registry.register(registry.DatasetSpec(
+    name="phantom", builder=Phantom, default_config="default"))

@@ -46,14 +46,10 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-# `phantom` is the generated dataset (simsam_jax.data.phantom), prepared like
-# BUSI.
-# `nifti_folder` (simsam_jax.data.nifti_folder) is any folder of NIfTI
-# volumes; its examples carry their physical pixel spacing.
-DATASETS = ("busi", "cvc_clinicdb", "isic2016", "phantom", "nifti_folder")
-_ALIASES = {"cvc": "cvc_clinicdb", "cvc612": "cvc_clinicdb",
-            "cvc_clinic_db": "cvc_clinicdb", "isic": "isic2016",
-            "isic_2016": "isic2016"}
+from simsam_jax.data import registry
+
+# Dataset names, aliases and each dataset's protocol rules (its
+# `protocol_hook`) live in `simsam_jax.data.registry`.
 
 RESIZE_FILTERS = ("pil_default", "nearest")
 CVC_RESIZE = ("cv2_bilinear", "pil_default")
@@ -101,10 +97,8 @@ class Protocol:
                          f"{getattr(self, field)!r}")
 
   def threshold(self, dataset: str) -> int:
-    """The mask threshold for `dataset`."""
-    if canonical_dataset(dataset) == "cvc_clinicdb":
-      return self.cvc_mask_threshold
-    return self.mask_threshold
+    """The mask threshold for `dataset` (its registered protocol hook)."""
+    return rules(self, dataset)[1]
 
 
 PAPER = Protocol(name="paper")
@@ -137,14 +131,22 @@ class PreparedExample:
   file_names: Tuple[str, ...]
 
 
-def canonical_dataset(dataset: str) -> str:
-  """"busi", "cvc_clinicdb", "isic2016" or "phantom" (aliases accepted)."""
-  name = str(dataset).lower()
-  name = _ALIASES.get(name, name)
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of "
-                     f"{DATASETS}")
-  return name
+def default_rules(protocol: Protocol) -> tuple[str, int]:
+  """Protocol hook of most datasets: PIL resize, `protocol.mask_threshold`."""
+  return "pil_default", protocol.mask_threshold
+
+
+def cvc_rules(protocol: Protocol) -> tuple[str, int]:
+  """Protocol hook of CVC-ClinicDB: `protocol.cvc_resize` (the published
+  `TIFFileReader`) and `protocol.cvc_mask_threshold`."""
+  return protocol.cvc_resize, protocol.cvc_mask_threshold
+
+
+def rules(protocol: Protocol, dataset: str) -> tuple[str, int]:
+  """(resize, mask threshold) of `dataset` under `protocol`, from the
+  dataset's registered `protocol_hook` (ValueError for an unknown name)."""
+  hook = registry.get(dataset).protocol_hook or default_rules
+  return hook(protocol)
 
 
 def get_protocol(protocol: Union[str, Protocol]) -> Protocol:
@@ -241,14 +243,14 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
       optional "mask_mode" (default "L"), "image_file", "mask_files"
       (other keys, e.g. "source_format", are ignored).
     protocol: a `Protocol` or its name ("paper", "native").
-    dataset: "busi", "cvc_clinicdb" or "isic2016".
+    dataset: a registered dataset name or alias (`simsam_jax.data.registry`).
 
   Returns:
     The `PreparedExample`: image and mask at `protocol.resize_to` (or the
     original size), the box from the binarised mask.
   """
   protocol = get_protocol(protocol)
-  dataset = canonical_dataset(dataset)
+  resize, threshold = rules(protocol, dataset)
   image = np.asarray(example["image"])
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} "
@@ -262,14 +264,14 @@ def prepare(example: Mapping[str, Any], protocol: Union[str, Protocol],
   size = protocol.resize_to
   if size is not None:
     size = int(size)
-    if dataset == "cvc_clinicdb" and protocol.cvc_resize == "cv2_bilinear":
+    if resize == "cv2_bilinear":
       import cv2  # pylint: disable=import-outside-toplevel
       image = cv2.resize(image, (size, size))  # INTER_LINEAR
       raw = cv2.resize(raw, (size, size))
     else:
       image = np.asarray(Image.fromarray(image).resize((size, size)))
       raw = resize_mask_pil(raw, mode, size, protocol.mask_resize)
-  mask = raw > protocol.threshold(dataset)
+  mask = raw > threshold
   box = box_from_mask(mask, protocol.empty_box)
   spacing = (1.0, 1.0)
   if example.get("spacing") is not None:

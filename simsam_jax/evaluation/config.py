@@ -2,32 +2,41 @@
 
 from ml_collections import ConfigDict
 
-DATASETS = {"busi": "paper437", "cvc_clinicdb": "", "isic2016": "", "phantom": "default",
-            # nifti_folder: "labelled" (every slice with foreground) or
-            # "largest" (the largest-area slice per volume).
-            "nifti_folder": "labelled"}
-ALIASES = {"cvc": "cvc_clinicdb", "isic": "isic2016"}
+from simsam_jax.data import registry
 
 
 def get_eval_config(arg: str = "busi") -> ConfigDict:
-  """`arg` = DATASET[,native][,runlocal]; see configs/eval.py."""
+  """`arg` = DATASET[,native][,runlocal]; see configs/eval.py.
+
+  DATASET: a name or alias of `simsam_jax.data.registry` (its registered
+  `default_config` becomes `builder_config`).
+  """
   parts = [p.strip() for p in (arg or "busi").split(",") if p.strip()]
-  dataset = ALIASES.get(parts[0], parts[0])
-  if dataset not in DATASETS:
-    raise ValueError(f"unknown dataset {parts[0]!r}; use one of {sorted(DATASETS)}")
+  spec = registry.get(parts[0])
   unknown = set(parts[1:]) - {"native", "runlocal"}
   if unknown:
     raise ValueError(f"unknown config options {sorted(unknown)}; use native, runlocal")
   c = ConfigDict()
-  c.dataset = dataset
+  c.dataset = spec.name
   # BUSI: "paper437" (the published selection) or "full" (all 647 benign +
-  # malignant, multi-masks merged), "full_with_normal".
-  c.builder_config = DATASETS[dataset]
+  # malignant, multi-masks merged), "full_with_normal"; nifti_folder:
+  # "labelled" or "largest" (see each builder).
+  c.builder_config = spec.default_config
   c.data_dir = "~/tensorflow_datasets"  # where the TFDS dataset is built
   c.manual_dir = ""  # the dataset as distributed (needed for the first build)
   c.checkpoint = "checkpoints/sam_vit_b"  # converted folder or random:PRESET[:SEED]
   c.protocol = "native" if "native" in parts else "paper"
-  c.methods = "sam,simsam,random,pixel_mean,k1"  # see simsam_jax.evaluation.methods
+  # Registered names (simsam_jax.evaluation.methods), or in a config file a
+  # dict of SimSamConfig overrides, e.g. {"sam": {}, "k8": {"k": 8}}.
+  c.methods = "sam,simsam,random,pixel_mean,k1"
+  # Plug-ins (simsam_jax.evaluation.plugins): summarised per-image metrics
+  # (CSV, results.json, table.md), further CSV columns, report sections and
+  # figures; modules imported first, which may register their own.
+  c.metrics = "dsc,iou,nsd"
+  c.columns = "confidence,chosen,foreground,iou_prediction,chosen_score"
+  c.reports = "uncertainty"
+  c.figures = "panels"
+  c.import_modules = ""  # comma-separated module names on sys.path
   c.k = 50
   c.seed = 0
   c.split = "test"  # train, validation, test or all

@@ -11,7 +11,10 @@ Every strategy has the signature
 and returns the final low-res logits, the chosen candidate index (-1 when the
 result is synthesised rather than picked) and one score per candidate (what
 the strategy ranked by). Pure JAX, static shapes. Register a new one with
-`@AGGREGATIONS.register("name")`.
+`@AGGREGATIONS.register("name")`. An aggregation that reads the ground truth
+registers with `needs_ground_truth=True` and is then called with the keyword
+`ground_truth=` ((H, W) bool at the original resolution); the engine,
+`segment` and the evaluation refuse to run it without one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 
 from simsam_jax.simsam.registry import Registry
 
-AGGREGATIONS = Registry("aggregation")
+AGGREGATIONS = Registry("aggregation", needs_ground_truth=False)
 
 
 @flax.struct.dataclass

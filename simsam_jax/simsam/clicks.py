@@ -8,14 +8,18 @@ Every strategy has the signature
     original image resolution (first, box-only prediction).
   k: static int >= 1, number of clicks.
   key: a `jax.random` key (used by stochastic strategies).
-  ground_truth: (H, W) bool or None (only the `oracle` strategy needs it).
+  ground_truth: (H, W) bool or None (given to every strategy when the caller
+    has it; a strategy that cannot work without it declares so).
   box: (4,) float32 (x0, y0, x1, y1) in original pixels, or None when clicks
     may fall anywhere.
   returns clicks (k, 2) int32 (x, y) pixel indices in the original image and
     labels (k,) int32, 1 positive (add foreground), 0 negative.
 
 All are pure JAX with static shapes (jit/vmap-safe). Register a new one with
-`@CLICK_STRATEGIES.register("name")`.
+`@CLICK_STRATEGIES.register("name")`; a strategy that reads the ground truth
+registers with `needs_ground_truth=True` (as `oracle` does): the engine,
+`segment` and the evaluation then refuse to run it without a ground-truth
+mask (`SimSamConfig.needs_ground_truth`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 
 from simsam_jax.simsam.registry import Registry
 
-CLICK_STRATEGIES = Registry("click strategy")
+CLICK_STRATEGIES = Registry("click strategy", needs_ground_truth=False)
 
 
 def error_map(probs: jax.Array) -> jax.Array:
@@ -146,7 +150,7 @@ def error_distances(prediction: jax.Array, ground_truth: jax.Array):
           _distance_to_outside(prediction & ~gt))
 
 
-@CLICK_STRATEGIES.register("oracle")
+@CLICK_STRATEGIES.register("oracle", needs_ground_truth=True)
 def oracle_clicks(probs, k: int, key, ground_truth=None, box=None):
   """Upper bound: clicks a perfect user would make (needs ground truth).
 

@@ -100,8 +100,9 @@ class SimSam:
       raise ValueError(f"image was preprocessed for {info.image_size}, the model "
                        f"takes {self.model_config.image_size}")
     check_box(box, info.original_size)
-    if self.config.clicks == "oracle" and ground_truth is None:
-      raise ValueError("clicks='oracle' needs the ground-truth mask")
+    if self.config.needs_ground_truth and ground_truth is None:
+      raise ValueError(f"clicks={self.config.clicks!r}, aggregation="
+                       f"{self.config.aggregation!r} needs the ground-truth mask")
     if ground_truth is not None and tuple(np.shape(ground_truth)[-2:]) != (h, w):
       raise ValueError(f"ground truth has shape {np.shape(ground_truth)}, "
                        f"the image is {h}x{w}")
@@ -216,9 +217,10 @@ class _Stages:
                                          mask_prompt, info)
       return clicks, labels, cand, iou
 
-    def aggregate(cand, iou, first_low, first_iou, clicks, labels, info):
+    def aggregate(cand, iou, first_low, first_iou, clicks, labels, info,
+                  ground_truth=None):
       return pipeline.finalize(cand, iou, first_low, first_iou, clicks, labels, info,
-                               config)
+                               config, ground_truth)
 
     self.encode = jax.jit(encode)
     self.first = jax.jit(first, static_argnames=("info",))

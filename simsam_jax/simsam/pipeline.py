@@ -98,6 +98,13 @@ class SimSamConfig:
     return self
 
   @property
+  def needs_ground_truth(self) -> bool:
+    """Whether the click strategy or the aggregation declared (at
+    registration) that it reads the ground-truth mask."""
+    return bool(CLICK_STRATEGIES.declared(self.clicks, "needs_ground_truth")
+                or AGGREGATIONS.declared(self.aggregation, "needs_ground_truth"))
+
+  @property
   def num_candidates(self) -> int:
     return self.k + int(self.include_box_only_mask)
 
@@ -222,9 +229,18 @@ def decode_clicks(model: Sam, embedding: jax.Array, box_model: jax.Array,
 
 
 def aggregate(candidate_logits: jax.Array, candidate_iou: jax.Array,
-              config: SimSamConfig) -> tuple[Aggregation, jax.Array, jax.Array]:
-  """Configured aggregation, plus low-res agreement map and confidence."""
-  result = AGGREGATIONS.get(config.aggregation)(candidate_logits, candidate_iou)
+              config: SimSamConfig, ground_truth: Optional[jax.Array] = None
+              ) -> tuple[Aggregation, jax.Array, jax.Array]:
+  """Configured aggregation, plus low-res agreement map and confidence.
+
+  `ground_truth` ((H, W) bool) is passed only to an aggregation registered
+  with `needs_ground_truth=True`.
+  """
+  fn = AGGREGATIONS.get(config.aggregation)
+  if AGGREGATIONS.declared(config.aggregation, "needs_ground_truth"):
+    result = fn(candidate_logits, candidate_iou, ground_truth=ground_truth)
+  else:
+    result = fn(candidate_logits, candidate_iou)
   binary = candidate_logits > 0
   agreement = binary.astype(jnp.float32).mean(axis=0)
   return result, agreement, mean_pairwise_iou(binary)
@@ -243,7 +259,8 @@ def simsam_from_embedding(model: Sam, embedding: jax.Array, box: jax.Array,
     info: static sizes of the image (`processing.ImageInfo`).
     config: static `SimSamConfig`.
     key: `jax.random` key for stochastic strategies.
-    ground_truth: (H, W) bool, only for the `oracle` click strategy.
+    ground_truth: (H, W) bool, for strategies registered with
+      `needs_ground_truth=True` (e.g. the `oracle` clicks).
   """
   first_low, first_iou = box_only(model, embedding, box, info)
   return simsam_after_first(model, embedding, box, info, config, key, first_low,
@@ -283,12 +300,14 @@ def simsam_after_first(model: Sam, embedding: jax.Array, box: jax.Array,
       first_low, binary_in_low_res_frame(binary, info, m))
   cand, cand_iou = decode_clicks(model, embedding, box_model, clicks, labels,
                                  mask_prompt, info)
-  return finalize(cand, cand_iou, first_low, first_iou, clicks, labels, info, config)
+  return finalize(cand, cand_iou, first_low, first_iou, clicks, labels, info, config,
+                  ground_truth)
 
 
 def finalize(cand: jax.Array, cand_iou: jax.Array, first_low: jax.Array,
              first_iou: jax.Array, clicks: jax.Array, labels: jax.Array,
-             info: processing.ImageInfo, config: SimSamConfig) -> SimSamOutput:
+             info: processing.ImageInfo, config: SimSamConfig,
+             ground_truth: Optional[jax.Array] = None) -> SimSamOutput:
   """Aggregation and the maps at the original resolution.
 
   Args:
@@ -296,12 +315,13 @@ def finalize(cand: jax.Array, cand_iou: jax.Array, first_low: jax.Array,
       `config.include_box_only_mask` the box-only mask is prepended here.
     first_low: (M, M) box-only logits; first_iou: ().
     clicks: (K, 2) int32; labels: (K,) int32.
+    ground_truth: (H, W) bool or None, for an aggregation that needs it.
   """
   m = cand.shape[-1]
   if config.include_box_only_mask:
     cand = jnp.concatenate([first_low[None], cand], 0)
     cand_iou = jnp.concatenate([first_iou[None], cand_iou], 0)
-  result, agreement, confidence = aggregate(cand, cand_iou, config)
+  result, agreement, confidence = aggregate(cand, cand_iou, config, ground_truth)
   # Agreement is resampled like logits, then clipped back into [0, 1]; the
   # masks are the profile's scores (the logits for "sam") resampled, > 0.
   scores = profiles.get(info.profile).low_res_scores

@@ -95,10 +95,9 @@ from ml_collections import ConfigDict
 from simsam_jax import workdir as workdir_lib
 from simsam_jax import profiles
 from simsam_jax.checkpoint import save_checkpoint
-from simsam_jax.data import loading, protocols, splitting
+from simsam_jax.data import loading, protocols, registry, splitting
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import compute_metrics
-from simsam_jax.evaluation.config import DATASETS
 from simsam_jax.simsam import pipeline
 from simsam_jax.training import data as train_data
 from simsam_jax.training import losses
@@ -291,9 +290,10 @@ _config_dict = workdir_lib.config_dict
 
 def validate_config(config: ConfigDict) -> protocols.Protocol:
   """Checks values that need no data or model; returns the protocol."""
-  if config.dataset not in DATASETS:
-    raise TrainingError(f"--config.dataset={config.dataset!r}: unknown dataset; use one of "
-                        f"{sorted(DATASETS)}")
+  try:
+    registry.get(config.dataset)
+  except ValueError as e:
+    raise TrainingError(f"--config.dataset: {e}") from None
   try:
     protocol = protocols.get_protocol(config.protocol)
   except ValueError as e:

@@ -1,4 +1,4 @@
-"""Base class of the manual-download TFDS builders of this package.
+"""Base classes of the TFDS builders of this package (public: a new dataset subclasses them).
 
 Every builder here reads a dataset exactly as distributed from a TFDS
 `manual_dir`, and writes ArrayRecord files that TFDS reads back with numpy
@@ -113,6 +113,14 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
     return epath.Path(inspect.getfile(cls))
 
+  @classmethod
+  def _get_pkg_dir_path(cls) -> epath.Path:
+    """The folder of the builder's source file, where TFDS looks for
+    README / CITATIONS files (TFDS resolves the module's package instead,
+    which fails for a builder in a top-level module, e.g. a user's dataset
+    module on `sys.path`)."""
+    return cls.code_path.parent
+
   def download_and_prepare(self, *, file_format=None, **kwargs: Any) -> None:
     """`tfds.core.DatasetBuilder.download_and_prepare`, ArrayRecord default."""
     return super().download_and_prepare(
@@ -122,7 +130,7 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super()._download_and_prepare(dl_manager, download_config)
     # self.data_dir is the temporary folder that becomes the dataset folder.
     # Every built dataset has the file (empty when nothing was skipped).
-    skipped = list(self.info.metadata.get("skipped", []))
+    skipped = list((self.info.metadata or {}).get("skipped", []))
     path = pathlib.Path(os.fspath(self.data_dir)) / SKIPPED_FILE
     path.write_text(json.dumps(skipped, indent=1) + "\n")
 
