@@ -149,7 +149,7 @@ def with_profile(sam: LoadedSam, override: Optional[str]) -> LoadedSam:
     name, source = profiles.resolve(recorded, override)
   except ValueError as error:
     raise PredictorError(f"--checkpoint={sam.description['spec']!r}: {error}"
-                       if override is None else str(error)) from None
+                         if override is None else str(error)) from None
   if source == "checkpoint" and sam.description.get("random_weights"):
     source = "default"
   description = {**sam.description, "profile": name, "profile_source": source,
@@ -266,7 +266,7 @@ def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
   """
   if box is None and not points:
     raise PredictorError("give a prompt: --box=x0,y0,x1,y1 and/or "
-                       "--point=x,y,label")
+                         "--point=x,y,label")
   fns, state = sam.fns, sam.state
   timings, compile_ms = {}, {}
 

@@ -258,3 +258,34 @@ def test_atomic_writer_honours_umask(tmp_path, writer):
     os.umask(old)
   assert os.stat(path).st_mode & 0o777 == 0o644
   assert sorted(os.listdir(tmp_path / "sub")) == ["results.json"]  # no temporaries
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_one_tiff_decoder_for_every_reader(tmp_path, planar):
+  """A 3-sample TIFF (contiguous or planar storage) reads the same through
+  the `--image` reader, the dataset reader (file and zip member) and the
+  `--ground_truth` reader: one decoder (`processing.decode_tiff`)."""
+  import tifffile  # pylint: disable=import-outside-toplevel
+  import zipfile  # pylint: disable=import-outside-toplevel
+  from simsam_jax import inputs  # pylint: disable=import-outside-toplevel
+  from simsam_jax.data import common  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  rgb = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+  rgb[0, 0] = 0  # some background for the mask reader
+  path = tmp_path / "image.tif"
+  if planar:
+    tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), planarconfig="separate",
+                     photometric="rgb")
+  else:
+    tifffile.imwrite(path, rgb, photometric="rgb")
+  np.testing.assert_array_equal(processing.read_image(str(path)).pixels, rgb)
+  ref = common.file_ref(tmp_path, path)
+  np.testing.assert_array_equal(common.read_image(ref), rgb)
+  assert common.read_size(ref) == (5, 7)
+  with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+    archive.write(path, "inner/image.tif")
+  member = common.FileRef(rel="a.zip/inner/image.tif", path=tmp_path / "a.zip",
+                          member="inner/image.tif")
+  np.testing.assert_array_equal(common.read_image(member), rgb)
+  luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  np.testing.assert_array_equal(inputs.load_ground_truth(str(path), (5, 7)), luma > 0)
