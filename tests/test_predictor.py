@@ -289,3 +289,27 @@ def test_one_tiff_decoder_for_every_reader(tmp_path, planar):
   np.testing.assert_array_equal(common.read_image(member), rgb)
   luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
   np.testing.assert_array_equal(inputs.load_ground_truth(str(path), (5, 7)), luma > 0)
+
+
+def test_raw_sources_convert_in_memory(tmp_path):
+  """`.pth`, Hugging Face folder, bare `model.safetensors` and the converted
+  folder give one model (same logits) and one provenance layout."""
+  from simsam_jax.checkpoint import convert_checkpoint  # pylint: disable=import-outside-toplevel
+  official, hf = tr.paired_models(get_preset("tiny"), seed=3)
+  pth = tr.save_official_pth(official, str(tmp_path / "sam.pth"))
+  folder = tr.save_hf_folder(hf, str(tmp_path / "hf"))
+  converted = str(tmp_path / "converted")
+  convert_checkpoint(pth, converted)
+  image, _, box = synthetic.parse_image_spec(IMAGE_SPEC)
+  results = {}
+  for name, spec in (("pth", pth), ("hf_folder", folder),
+                     ("safetensors", os.path.join(folder, "model.safetensors")),
+                     ("converted", converted)):
+    ours = Predictor.load(spec)
+    ours.set_image(image)
+    results[name] = ours.predict(box=box).low_res_logits
+    description = ours.description
+    assert description["random_weights"] is False and description["architecture"] == "tiny"
+    assert description["source_sha256"] and description["source_format"], description
+  for name, logits in results.items():
+    np.testing.assert_allclose(logits, results["converted"], atol=1e-4, err_msg=name)
