@@ -7,8 +7,9 @@ destination folders, renamed into place at the end):
   mask at the input image's resolution, 8-bit, values 0 and 255 (SAM: logits > 0 after `processing.postprocess_logits`;
   SimSAM: `SimSamOutput.mask`).
 * the same path with `.json`, keys: `method` ("sam" / "simsam");
-  `checkpoint` (spec, random_weights, preset, architecture, seed, path,
-  source_format, source_sha256, source_path, image_size); `image` (spec,
+  `checkpoint` (the resolver's provenance, `checkpoint.resolve`: spec,
+  random_weights, preset, architecture, seed, path, source_format,
+  source_sha256, source_path, source, image_size, profile); `image` (spec,
   path, synthetic, height, width); `box`, `box_source` ("flag" /
   "synthetic_ground_truth"), `points` ([x, y, label] lists), `multimask`;
   `iou_predictions` (SAM: one per returned mask; SimSAM: one per candidate),
@@ -98,7 +99,7 @@ def check_output_paths(out: str, save_logits: Optional[str],
   """
   if not out or not out.lower().endswith((MASK_SUFFIX,) + NIFTI_MASK_SUFFIXES):
     raise PredictorError(f"--out={out!r} must name a {MASK_SUFFIX} file (or "
-                       ".nii.gz / .nii for a NIfTI --image)")
+                         ".nii.gz / .nii for a NIfTI --image)")
   for path, flag, suffix in ((save_logits, "save_logits", LOGITS_SUFFIX),
                              (overlay, "overlay", OVERLAY_SUFFIX),
                              (save_debug, "save_debug", DEBUG_SUFFIX),
@@ -425,7 +426,7 @@ def write_outputs(result: Any, metadata: dict, out: str,
     fileio.write_files_atomically(contents)
   except OSError as error:
     raise PredictorError(f"--out={out!r}: cannot write the outputs: "
-                       f"{error}") from None
+                         f"{error}") from None
 
 
 def write_sam(result: SamResult, sam: LoadedSam, input_image: InputImage,

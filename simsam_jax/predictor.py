@@ -149,7 +149,7 @@ def with_profile(sam: LoadedSam, override: Optional[str]) -> LoadedSam:
     name, source = profiles.resolve(recorded, override)
   except ValueError as error:
     raise PredictorError(f"--checkpoint={sam.description['spec']!r}: {error}"
-                       if override is None else str(error)) from None
+                         if override is None else str(error)) from None
   if source == "checkpoint" and sam.description.get("random_weights"):
     source = "default"
   description = {**sam.description, "profile": name, "profile_source": source,
@@ -266,7 +266,7 @@ def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
   """
   if box is None and not points:
     raise PredictorError("give a prompt: --box=x0,y0,x1,y1 and/or "
-                       "--point=x,y,label")
+                         "--point=x,y,label")
   fns, state = sam.fns, sam.state
   timings, compile_ms = {}, {}
 
@@ -671,7 +671,7 @@ class Predictor:
     if boxes is None and points is None:
       raise PredictorError("give a prompt: --box=x0,y0,x1,y1 and/or "
                            "--point=x,y,label")
-    results: list = [None] * count
+    groups = []  # Every prompt is checked before any image runs.
     for info, indices, pixels in self._groups(images):
       per_image = []
       for i in indices:
@@ -680,6 +680,12 @@ class Predictor:
                                 None if point_labels is None else point_labels[i])
         prompts.check_prompts(box, pts, info.original_size)
         per_image.append(model_prompts(box, pts, info))
+      if len({tuple(None if a is None else a.shape for a in p) for p in per_image}) > 1:
+        raise PredictorError("predict_batch: every image needs the same prompt "
+                             "kinds and number of points")
+      groups.append((info, indices, pixels, per_image))
+    results: list = [None] * count
+    for info, indices, pixels, per_image in groups:
       stack = lambda j: (None if per_image[0][j] is None else
                          jnp.asarray(np.concatenate([p[j] for p in per_image])))
       boxes_m, coords, labels = stack(0), stack(1), stack(2)
@@ -716,7 +722,7 @@ class Predictor:
       raise PredictorError(f"boxes: expected one per image ({len(images)}), "
                            f"got {len(boxes)}")
     engine = simsam_engine(self.sam, config)
-    results: list = [None] * len(images)
+    groups = []  # Every prompt is checked before any image runs.
     for info, indices, pixels in self._groups(images):
       parsed = []
       for i in indices:
@@ -725,6 +731,9 @@ class Predictor:
         prompts.check_ground_truth_need(
             config, None if ground_truths is None else ground_truths[i])
         parsed.append(box)
+      groups.append((info, indices, pixels, parsed))
+    results: list = [None] * len(images)
+    for info, indices, pixels, parsed in groups:
       truths = (None if ground_truths is None else
                 np.stack([np.asarray(ground_truths[i], bool) for i in indices]))
       try:

@@ -39,12 +39,12 @@ def _parse_floats(text: str, count: int, flag: str, form: str) -> list[float]:
   parts = [part.strip() for part in text.split(",")]
   if len(parts) != count:
     raise PredictorError(f"--{flag}={text!r}: expected {form} "
-                       f"({count} comma-separated numbers)")
+                         f"({count} comma-separated numbers)")
   try:
     values = [float(part) for part in parts]
   except ValueError:
     raise PredictorError(f"--{flag}={text!r}: expected {form} with numeric "
-                       "values") from None
+                         "values") from None
   if not all(math.isfinite(value) for value in values):
     raise PredictorError(f"--{flag}={text!r}: values must be finite")
   return values
@@ -83,12 +83,12 @@ def parse_point(text: str) -> Point:
   parts = text.split(",")
   if len(parts) != 3:
     raise PredictorError(f"--point={text!r}: expected x,y,label "
-                       "(label 1 positive, 0 negative)")
+                         "(label 1 positive, 0 negative)")
   x, y = _parse_floats(",".join(parts[:2]), 2, "point", "x,y,label")
   label = parts[2].strip()
   if label not in ("0", "1"):
     raise PredictorError(f"--point={text!r}: label must be 1 (positive) or 0 "
-                       f"(negative), got {label!r}")
+                         f"(negative), got {label!r}")
   return x, y, int(label)
 
 
@@ -109,7 +109,7 @@ def check_prompts(box: Optional[Box], points: Sequence[Point],
   height, width = image_size
   if box is None and not points:
     raise PredictorError("give a prompt: --box=x0,y0,x1,y1 and/or "
-                       "--point=x,y,label")
+                         "--point=x,y,label")
 
   def inside(x, y):
     return 0 <= x <= width and 0 <= y <= height
@@ -155,11 +155,11 @@ def parse_simsam_config(k: Optional[int] = None, clicks: Optional[str] = None,
   seed = defaults.seed if seed is None else seed
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
     raise PredictorError(f"--k={k!r}: the number of clicks must be a positive "
-                       "integer")
+                         "integer")
   if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
       or not 0 <= seed <= MAX_SEED):
     raise PredictorError(f"--seed={seed!r}: must be an integer in "
-                       f"[0, {MAX_SEED}]")
+                         f"[0, {MAX_SEED}]")
   names = {}
   for flag, value, registry in (("clicks", clicks, CLICK_STRATEGIES),
                                 ("aggregation", aggregation, AGGREGATIONS),
@@ -167,7 +167,7 @@ def parse_simsam_config(k: Optional[int] = None, clicks: Optional[str] = None,
     value = getattr(defaults, flag) if value is None else value
     if value not in registry:
       raise PredictorError(f"--{flag}={value!r}: unknown {registry.kind}; "
-                         f"known: {', '.join(registry.names())}")
+                           f"known: {', '.join(registry.names())}")
     names[flag] = value
   return SimSamConfig(k=int(k), seed=int(seed), **names).validate()
 
@@ -183,7 +183,7 @@ def check_simsam_box(box: Box) -> None:
   """
   if box[2] == box[0] or box[3] == box[1]:
     raise PredictorError(f"--box={_format_numbers(box)} is empty (zero width "
-                       "or height); SimSAM needs a box with an area")
+                         "or height); SimSAM needs a box with an area")
 
 
 def _number(value: float) -> str:

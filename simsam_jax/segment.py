@@ -25,7 +25,7 @@ decode of the K {box, click, mask prompt} sets (`--mask_prompt`, a
 and `--multimask` are SAM-only. `--clicks=oracle` needs a ground truth: the
 phantom's mask for a synthetic image, or `--ground_truth=PATH` (any image
 file; foreground = value > 0 after conversion to grayscale, see
-`load_ground_truth`). The engine's separately jitted stages run one by one
+`inputs.load_ground_truth`). The engine's separately jitted stages run one by one
 (compiled ahead of time) so that each is timed; they compute exactly what the
 fused `SimSam.run` computes (tests check the mask and the debug arrays).
 
@@ -50,6 +50,7 @@ a NIfTI volume (`.nii`, `.nii.gz`: one slice, `--slice=K` along voxel
 `synthetic[:SEED[:HxW]]` (`simsam_jax.synthetic`); for a synthetic image
 without `--box` (and, for SAM, without `--point`), the phantom's
 ground-truth box is the prompt. NIfTI/DICOM need the `medical` extra.
+
 Medical inputs:
 
 * `--profile`: the preprocessing profile (`simsam_jax.profiles`: `sam`,

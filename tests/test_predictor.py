@@ -258,3 +258,58 @@ def test_atomic_writer_honours_umask(tmp_path, writer):
     os.umask(old)
   assert os.stat(path).st_mode & 0o777 == 0o644
   assert sorted(os.listdir(tmp_path / "sub")) == ["results.json"]  # no temporaries
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_one_tiff_decoder_for_every_reader(tmp_path, planar):
+  """A 3-sample TIFF (contiguous or planar storage) reads the same through
+  the `--image` reader, the dataset reader (file and zip member) and the
+  `--ground_truth` reader: one decoder (`processing.decode_tiff`)."""
+  import tifffile  # pylint: disable=import-outside-toplevel
+  import zipfile  # pylint: disable=import-outside-toplevel
+  from simsam_jax import inputs  # pylint: disable=import-outside-toplevel
+  from simsam_jax.data import common  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  rgb = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+  rgb[0, 0] = 0  # some background for the mask reader
+  path = tmp_path / "image.tif"
+  if planar:
+    tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), planarconfig="separate",
+                     photometric="rgb")
+  else:
+    tifffile.imwrite(path, rgb, photometric="rgb")
+  np.testing.assert_array_equal(processing.read_image(str(path)).pixels, rgb)
+  ref = common.file_ref(tmp_path, path)
+  np.testing.assert_array_equal(common.read_image(ref), rgb)
+  assert common.read_size(ref) == (5, 7)
+  with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+    archive.write(path, "inner/image.tif")
+  member = common.FileRef(rel="a.zip/inner/image.tif", path=tmp_path / "a.zip",
+                          member="inner/image.tif")
+  np.testing.assert_array_equal(common.read_image(member), rgb)
+  luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  np.testing.assert_array_equal(inputs.load_ground_truth(str(path), (5, 7)), luma > 0)
+
+
+def test_raw_sources_convert_in_memory(tmp_path):
+  """`.pth`, Hugging Face folder, bare `model.safetensors` and the converted
+  folder give one model (same logits) and one provenance layout."""
+  from simsam_jax.checkpoint import convert_checkpoint  # pylint: disable=import-outside-toplevel
+  official, hf = tr.paired_models(get_preset("tiny"), seed=3)
+  pth = tr.save_official_pth(official, str(tmp_path / "sam.pth"))
+  folder = tr.save_hf_folder(hf, str(tmp_path / "hf"))
+  converted = str(tmp_path / "converted")
+  convert_checkpoint(pth, converted)
+  image, _, box = synthetic.parse_image_spec(IMAGE_SPEC)
+  results = {}
+  for name, spec in (("pth", pth), ("hf_folder", folder),
+                     ("safetensors", os.path.join(folder, "model.safetensors")),
+                     ("converted", converted)):
+    ours = Predictor.load(spec)
+    ours.set_image(image)
+    results[name] = ours.predict(box=box).low_res_logits
+    description = ours.description
+    assert description["random_weights"] is False and description["architecture"] == "tiny"
+    assert description["source_sha256"] and description["source_format"], description
+  for name, logits in results.items():
+    np.testing.assert_allclose(logits, results["converted"], atol=1e-4, err_msg=name)

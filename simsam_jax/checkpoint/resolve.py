@@ -192,9 +192,9 @@ def resolve_checkpoint(spec: str, policy: Policy = Policy(),
     from flax import nnx  # pylint: disable=import-outside-toplevel
     from simsam_jax.modeling.sam import split_abstract_sam  # pylint: disable=import-outside-toplevel
     model = nnx.merge(split_abstract_sam(config, policy)[0], state)
-    logging.info("%s=%s: converted in memory from %s; convert it once with "
-                 "`python -m simsam_jax.convert --src=%s --dst=FOLDER` and "
-                 "pass the folder to load faster.", flag, spec, src.format, spec)
+    logging.warning("%s=%s: converted in memory from %s; convert it once with "
+                    "`python -m simsam_jax.convert --src=%s --dst=FOLDER` and "
+                    "pass the folder to load faster.", flag, spec, src.format, spec)
   else:
     description = describe_checkpoint(spec, flag)
     try:

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simsam_jax import processing, profiles
+from simsam_jax import fileio, processing, profiles
 from simsam_jax.data import protocols
 from simsam_jax.simsam import pipeline
 
@@ -162,13 +162,9 @@ def load_or_encode(split: SplitArrays, cache_dir: str, fields: dict[str, Any],
       return True
   split.embeddings = encode_images(encode, state, split.images, image_size, profile)
   split.images = None
-  os.makedirs(cache_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".npy", dir=cache_dir)
-  with os.fdopen(fd, "wb") as f:
-    np.save(f, split.embeddings)
-  os.replace(tmp, array_path)
-  fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".json", dir=cache_dir)
-  with os.fdopen(fd, "w") as f:
-    json.dump({**fields, "ids": split.ids}, f, indent=2)
-  os.replace(tmp, meta_path)
+  buffer = io.BytesIO()
+  np.save(buffer, split.embeddings)
+  fileio.write_files_atomically({
+      array_path: buffer.getvalue(),
+      meta_path: json.dumps({**fields, "ids": split.ids}, indent=2).encode()})
   return False
