@@ -53,8 +53,8 @@ import time
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from simsam_jax import evaluate
 from simsam_jax.data.common import DatasetError
+from simsam_jax.evaluation import evaluator as evaluate
 from simsam_jax.evaluation.config import get_eval_config
 from simsam_jax.modeling import PRECISIONS
 from simsam_jax.modeling.policy import policy_from_flags

@@ -85,7 +85,7 @@ from simsam_jax.evaluation.evaluator import (  # noqa: F401
     CSV_FIELDS, METRICS, RESULT_KEYS, EvaluationError, RowWriter, _clean, _config_dict,
     _fmt, _json_default, check_workdir, evaluate, image_key, incomplete_message,
     initialize_distributed, load_examples, load_sam_model, merged_rows, merged_skipped,
-    read_rows, record_config, render_table, resolve_shard, shard_files,
+    owned_workdir, read_rows, record_config, render_table, resolve_shard, shard_files,
     software_versions, write_atomic, write_rows)
 from simsam_jax.evaluation.plugins import figure  # noqa: F401
 

@@ -54,10 +54,10 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from PIL import Image, ImageDraw
 
-from simsam_jax import evaluate as ev
 from simsam_jax import overlay, processing
 from simsam_jax.data import protocols
 from simsam_jax.data.common import DatasetError
+from simsam_jax.evaluation import evaluator as ev
 from simsam_jax.evaluation import wilcoxon_signed_rank
 from simsam_jax.evaluation.plots import line_chart
 from simsam_jax.simsam import SimSamConfig
@@ -262,6 +262,14 @@ def run(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, An
     raise ev.EvaluationError(f"--config.batch_size={config.batch_size} must be >= 1")
   ev.initialize_distributed(config.distributed)
   shard_index, num_shards = ev.resolve_shard(config)
+  with ev.owned_workdir(workdir, (shard_index, num_shards)):
+    return _run_owned(config, workdir, progress, protocol_config, protocol, shard_index,
+                      num_shards)
+
+
+def _run_owned(config: ConfigDict, workdir: str, progress: bool, protocol_config,
+               protocol, shard_index: int, num_shards: int) -> dict[str, Any]:
+  """`run` once the workdir (or the shard) is this process's."""
   ev.check_workdir(workdir, config, RESULT_KEYS)
   model, checkpoint = ev.load_sam_model(config.checkpoint, config.get("precision", "float32"),
                                         config.get("attention_impl", "xla"))

@@ -68,7 +68,11 @@ def refuse_changed_config(workdir: str, current: dict[str, Any], keys) -> None:
 LOCK_FILE = ".lock"
 
 
-class WorkdirBusy(ValueError):
+class WorkdirError(ValueError):
+  """A workdir that cannot be used (a file in its place, or busy)."""
+
+
+class WorkdirBusy(WorkdirError):
   """Another live process holds the workdir (or the shard) this run wants."""
 
 
@@ -140,35 +144,40 @@ def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None
   the locks when the process exits or crashes; the lock files stay (empty).
 
   A workdir that did not exist is created for its lock file and removed
-  again when the body raises before writing anything else.
+  again when the body raises before writing anything else; a lock file this
+  call created is removed again when the lock is refused or the body raises
+  (so a refused run leaves an existing folder as it was).
 
   Args:
     workdir: the run's output folder.
     shard: (index, num_shards) of a sharded run (num_shards > 1), or None.
+  Raises:
+    WorkdirBusy: another live process holds the workdir (or the shard).
+    WorkdirError: `workdir` exists and is not a folder.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} exists and is not a folder")
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   sharded = shard is not None and shard[1] > 1
-  held = []
-  try:
-    held.append((_acquire(os.path.join(workdir, LOCK_FILE), not sharded, "", workdir),
-                 not sharded))
-    if sharded:
-      index, num = shard
-      held.append((_acquire(_shard_lock(workdir, index, num), True,
-                            f" shard {index} of {num}", workdir), True))
-  except BaseException:
-    for f, exclusive in reversed(held):
-      _release(f, exclusive)
-    if created:
-      _remove_if_only_locks(workdir)
-    raise
+  paths = [(os.path.join(workdir, LOCK_FILE), not sharded, "")]
+  if sharded:
+    index, num = shard
+    paths.append((_shard_lock(workdir, index, num), True, f" shard {index} of {num}"))
+  new_files = {path for path, _, _ in paths if not os.path.exists(path)}
+  held = []  # (file, exclusive, path)
   ok = False
   try:
+    for path, exclusive, what in paths:
+      held.append((_acquire(path, exclusive, what, workdir), exclusive, path))
     yield
     ok = True
   finally:
-    for f, exclusive in reversed(held):
+    if not ok:  # refused or failed: leave the folder as it was found
+      for _, exclusive, path in held:
+        if exclusive and path in new_files:  # nobody else can hold it
+          os.remove(path)
+    for f, exclusive, _ in reversed(held):
       _release(f, exclusive)
     if created and not ok:
       _remove_if_only_locks(workdir)

@@ -437,6 +437,19 @@ def check_columns(workdir: str, config: ConfigDict) -> None:
                             f"{','.join(before)}, not {','.join(now)}; use another workdir")
 
 
+@contextlib.contextmanager
+def owned_workdir(workdir: str, shard: Optional[tuple[int, int]] = None):
+  """`simsam_jax.workdir.lock` (one run per workdir, or per shard), with a
+  busy workdir or a file in its place reported as EvaluationError."""
+  stack = contextlib.ExitStack()
+  try:  # a second run is refused here, at once, before any work
+    stack.enter_context(workdir_lib.lock(workdir, shard))
+  except workdir_lib.WorkdirError as e:  # busy, or a file in its place
+    raise EvaluationError(str(e)) from None
+  with stack:
+    yield
+
+
 def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) an evaluation; returns the results.json content.
 
@@ -458,14 +471,7 @@ def evaluate(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   except ValueError as e:
     raise EvaluationError(str(e)) from None
   shard_index, num_shards = resolve_shard(config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise EvaluationError(f"--workdir={workdir} exists and is not a folder")
-  stack = contextlib.ExitStack()
-  try:  # one run per workdir (per shard): a second is refused here, at once
-    stack.enter_context(workdir_lib.lock(workdir, (shard_index, num_shards)))
-  except workdir_lib.WorkdirBusy as e:
-    raise EvaluationError(str(e)) from None
-  with stack:
+  with owned_workdir(workdir, (shard_index, num_shards)):
     return _run(config, workdir, progress, what, policy, protocol, batch_size,
                 shard_index, num_shards)
 

@@ -201,9 +201,7 @@ class _Stages:
       return merge(state).encode_image(pixels[None])[0]
 
     def first(state, embedding, box, info):
-      model = merge(state)
-      box_model = pipeline.to_model_frame(box.reshape(2, 2), info).reshape(4)
-      return pipeline.first_decode(model, embedding, box_model)
+      return pipeline.box_only(merge(state), embedding, box, info)
 
     def simulate_and_decode(state, embedding, box, first_low, key, ground_truth, info):
       model = merge(state)
