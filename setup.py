@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "opencv-python-headless",
     # NSD exactly as DeepMind's reference implementation computes it.
     "surface-distance",
+    # jax.export serialisation of compiled programs (simsam_jax.export).
+    "flatbuffers",
 ]
 
 # Reference implementations used only by the tests. torch is pinned to the

@@ -35,15 +35,16 @@ def hf_model(config, attn: str = "eager"):
   from transformers import SamConfig as HFConfig, SamModel
 
   c = config
+  v = config.encoder  # a ViTConfig
   hf_config = HFConfig(
-      vision_config=dict(hidden_size=c.encoder_dim, output_channels=c.prompt_embed_dim,
-                         num_hidden_layers=c.encoder_depth,
-                         num_attention_heads=c.encoder_num_heads, image_size=c.image_size,
-                         patch_size=c.patch_size, window_size=c.encoder_window_size,
-                         global_attn_indexes=list(c.encoder_global_attn_indexes),
-                         mlp_dim=c.encoder_mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
+      vision_config=dict(hidden_size=v.dim, output_channels=c.prompt_embed_dim,
+                         num_hidden_layers=v.depth,
+                         num_attention_heads=v.num_heads, image_size=c.image_size,
+                         patch_size=v.patch_size, window_size=v.window_size,
+                         global_attn_indexes=list(v.global_attn_indexes),
+                         mlp_dim=v.mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
       prompt_encoder_config=dict(hidden_size=c.prompt_embed_dim, image_size=c.image_size,
-                                 patch_size=c.patch_size, mask_input_channels=c.mask_in_chans),
+                                 patch_size=v.patch_size, mask_input_channels=c.mask_in_chans),
       mask_decoder_config=dict(hidden_size=c.prompt_embed_dim, mlp_dim=c.decoder_mlp_dim,
                                num_hidden_layers=c.decoder_depth,
                                num_attention_heads=c.decoder_num_heads,

@@ -22,7 +22,7 @@ from flax import nnx
 
 import torch_reference as tr
 from simsam_jax.modeling import build_sam, get_preset
-from simsam_jax.modeling import image_encoder as ie
+from simsam_jax.modeling.encoders import vit as ie
 from simsam_jax.modeling import transformer as tf
 from simsam_jax.modeling.policy import Policy, make_policy
 
@@ -110,13 +110,13 @@ def _copy_norm(dst: torch.nn.LayerNorm, src: nnx.LayerNorm):
 def official_block(block: ie.Block, config, grid: int):
   tr.import_official_modeling()
   from segment_anything.modeling.image_encoder import Block
-  ref = Block(config.encoder_dim, config.encoder_num_heads,
-              mlp_ratio=config.encoder_mlp_dim / config.encoder_dim,
+  ref = Block(config.encoder.dim, config.encoder.num_heads,
+              mlp_ratio=config.encoder.mlp_dim / config.encoder.dim,
               norm_layer=functools.partial(torch.nn.LayerNorm,
-                                           eps=config.encoder_layer_norm_eps),
+                                           eps=config.encoder.layer_norm_eps),
               use_rel_pos=True, window_size=block.window_size,
               input_size=(grid, grid)).eval()
-  assert ref.mlp.lin1.out_features == config.encoder_mlp_dim
+  assert ref.mlp.lin1.out_features == config.encoder.mlp_dim
   with torch.no_grad():
     _copy_norm(ref.norm1, block.norm1)
     _copy_norm(ref.norm2, block.norm2)
@@ -136,12 +136,12 @@ BLOCKS = [  # (preset, windowed): tiny grid 10 / window 3, tiny_wide grid 7 / wi
 @pytest.mark.parametrize("preset,windowed", BLOCKS)
 def test_encoder_block_fused_equals_einsum_and_official(preset, windowed):
   config = get_preset(preset)
-  grid, window = config.image_embedding_size, config.encoder_window_size
+  grid, window = config.image_embedding_size, config.encoder.window_size
   if windowed:
     assert grid % window, "the fixture must need window-partition padding"
   block = _randomize(ie.Block(config, window if windowed else 0,
                               rngs=nnx.Rngs(0), policy=F32), seed=1)
-  x = np.random.default_rng(2).standard_normal((2, grid, grid, config.encoder_dim),
+  x = np.random.default_rng(2).standard_normal((2, grid, grid, config.encoder.dim),
                                                np.float32)
   fused = np.asarray(jax.jit(lambda x: block(x))(x))
   einsum = np.asarray(jax.jit(lambda x: einsum_block(block, x))(x))
@@ -194,7 +194,7 @@ def test_attention_goes_through_dot_product_attention(monkeypatch):
   config = model.config
   embedding = model.encode_image(jnp.zeros((1, 160, 160, 3)))
   encoder_calls = len(calls)
-  assert encoder_calls == config.encoder_depth
+  assert encoder_calls == config.encoder.depth
   assert all(bias and impl == "xla" for _, bias, impl in calls)
   model.decode(embedding, boxes=jnp.array([[[10.0, 20.0, 90.0, 100.0]]]))
   decoder_calls = calls[encoder_calls:]

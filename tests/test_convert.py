@@ -96,7 +96,7 @@ def test_sidecar_records_source(sources, tmp_path):
   assert sidecar["source"]["sha256"] == sha == meta["source"]["sha256"]
   assert sidecar["source"]["format"] == "official_pth"
   assert sidecar["preset"] == "tiny"
-  assert sidecar["architecture"]["encoder_global_attn_indexes"] == [1]
+  assert sidecar["architecture"]["encoder"]["global_attn_indexes"] == [1]
 
 
 def _assert_nothing_written(dst):
@@ -206,7 +206,7 @@ def test_cli_converts_and_restores_without_torch(sources, tmp_path):
   # Restoring must work with torch unavailable.
   code = ("import sys; sys.modules['torch'] = None\n"
           "from simsam_jax.checkpoint import load_model\n"
-          f"m = load_model({dst!r}); print(m.config.encoder_depth)")
+          f"m = load_model({dst!r}); print(m.config.encoder.depth)")
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert run.returncode == 0, run.stderr

@@ -97,6 +97,7 @@ COVERAGE: Tuple[Tuple[str, str], ...] = (
     ("finetune", r"python -m simsam_jax\.finetune\s.*"),
     ("evaluate", r"python (-m simsam_jax\.evaluate|my_evaluate\.py)\s.*"),
     ("interactive", r"python -m simsam_jax\.interactive\s.*"),
+    ("export", r"python -m simsam_jax\.export\s.*"),
 )
 
 # Appended to a command of this kind; they only shrink the work.
@@ -105,6 +106,7 @@ SMOKE_OVERRIDES: Dict[str, str] = {
     "evaluate": "--config.k=4 --config.num_figures=1",
     "finetune": "--config.epochs=1",
     "interactive": "--config.num_rounds=2 --config.k=4 --config.num_figures=1",
+    "export": "--k=4",
 }
 
 # Fake dataset trees, with cases in every split the commands read:
@@ -743,6 +745,19 @@ def check_evaluation(workdir: pathlib.Path, config, methods: List[str],
   assert len(figures) == (1 if "simsam" in methods else 0)
 
 
+def run_export(ws: Workspace, command: str) -> Result:
+  """The exported file loads and runs on an image of its size."""
+  from simsam_jax import export
+  flags = parse_flags(command)
+  home = ws.new_home("export")
+  result = ws.run(command, home, overrides=SMOKE_OVERRIDES["export"]).check()
+  h, w = (int(v) for v in str(flags["image_size"]).split(","))
+  out = export.load(str(_in(ws.cwd, home, str(flags["out"]))))(
+      np.zeros((h, w, 3), np.uint8), np.array([10, 10, w // 2, h // 2], np.float32))
+  assert out["mask"].shape == (h, w) and out["agreement"].shape == (h, w)
+  return result
+
+
 HANDLERS: Dict[str, Callable[[Workspace, str], Result]] = {
     "demo": run_demo,
     "make_splits": run_make_splits,
@@ -751,6 +766,7 @@ HANDLERS: Dict[str, Callable[[Workspace, str], Result]] = {
     "finetune": lambda ws, command: finetune_for(ws, str(parse_flags(command)["workdir"])),
     "evaluate": run_evaluate,
     "interactive": run_interactive,
+    "export": run_export,
 }
 
 

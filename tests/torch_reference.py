@@ -45,14 +45,15 @@ def official_sam(config: SamConfig):
   from functools import partial
   m = import_official_modeling()
   c = config
+  v = config.encoder  # a ViTConfig
   model = m.Sam(
       image_encoder=m.ImageEncoderViT(
-          depth=c.encoder_depth, embed_dim=c.encoder_dim, img_size=c.image_size,
-          mlp_ratio=c.encoder_mlp_dim / c.encoder_dim,
+          depth=v.depth, embed_dim=v.dim, img_size=c.image_size,
+          mlp_ratio=v.mlp_dim / v.dim,
           norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-          num_heads=c.encoder_num_heads, patch_size=c.patch_size, qkv_bias=True,
-          use_rel_pos=True, global_attn_indexes=c.encoder_global_attn_indexes,
-          window_size=c.encoder_window_size, out_chans=c.prompt_embed_dim),
+          num_heads=v.num_heads, patch_size=v.patch_size, qkv_bias=True,
+          use_rel_pos=True, global_attn_indexes=v.global_attn_indexes,
+          window_size=v.window_size, out_chans=c.prompt_embed_dim),
       prompt_encoder=m.PromptEncoder(
           embed_dim=c.prompt_embed_dim,
           image_embedding_size=(c.image_embedding_size, c.image_embedding_size),
@@ -66,24 +67,25 @@ def official_sam(config: SamConfig):
           transformer_dim=c.prompt_embed_dim, iou_head_depth=c.iou_head_depth,
           iou_head_hidden_dim=c.iou_head_hidden_dim),
       pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-  assert model.image_encoder.blocks[0].mlp.lin1.out_features == c.encoder_mlp_dim
+  assert model.image_encoder.blocks[0].mlp.lin1.out_features == v.mlp_dim
   return model.eval()
 
 
 def hf_config(config: SamConfig, transformer_eps: float = 1e-6):
   from transformers import SamConfig as HFSamConfig
   c = config
+  v = config.encoder  # a ViTConfig
   return HFSamConfig(
       vision_config=dict(
-          hidden_size=c.encoder_dim, output_channels=c.prompt_embed_dim,
-          num_hidden_layers=c.encoder_depth, num_attention_heads=c.encoder_num_heads,
-          image_size=c.image_size, patch_size=c.patch_size,
-          window_size=c.encoder_window_size,
-          global_attn_indexes=list(c.encoder_global_attn_indexes),
-          mlp_dim=c.encoder_mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
+          hidden_size=v.dim, output_channels=c.prompt_embed_dim,
+          num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
+          image_size=c.image_size, patch_size=v.patch_size,
+          window_size=v.window_size,
+          global_attn_indexes=list(v.global_attn_indexes),
+          mlp_dim=v.mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
       prompt_encoder_config=dict(
           hidden_size=c.prompt_embed_dim, image_size=c.image_size,
-          patch_size=c.patch_size, mask_input_channels=c.mask_in_chans),
+          patch_size=v.patch_size, mask_input_channels=c.mask_in_chans),
       mask_decoder_config=dict(
           hidden_size=c.prompt_embed_dim, mlp_dim=c.decoder_mlp_dim,
           num_hidden_layers=c.decoder_depth, num_attention_heads=c.decoder_num_heads,

@@ -8,9 +8,12 @@ Formats:
                    `model.safetensors` (or sharded `model-*.safetensors` with
                    `model.safetensors.index.json`).
 
-The format is detected from the path and the tensor names, the architecture
-from the tensors (depth, width, heads, global blocks, ...) or, for a folder,
-from `config.json` (then checked against the tensors by the converter).
+The container format is detected from the path; the image-encoder family
+and the naming convention ("official" or "hugging_face") from the tensor
+names, by asking each family registered in `simsam_jax.modeling.encoders`
+(its `detect` hook); the architecture from the tensors (the family's `infer`
+hook for the encoder; the decoder here) or, for a folder, from
+`config.json` (then checked against the tensors by the converter).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from simsam_jax.checkpoint.key_tables import HUGGING_FACE, OFFICIAL, KeyTable
+from simsam_jax.checkpoint.key_tables import KeyTable, key_table
+from simsam_jax.modeling import encoders
 from simsam_jax.modeling.config import SamConfig
 
 
@@ -42,14 +46,17 @@ class CheckpointError(ValueError):
 @dataclasses.dataclass
 class SourceCheckpoint:
   path: str
-  format: str  # official_pth | hf_safetensors | hf_folder
+  format: str  # official_pth | hf_pth | hf_safetensors | hf_folder
   tensors: dict[str, np.ndarray]
   hf_config: Optional[dict[str, Any]]
   sha256: str
+  encoder: str = "vit"  # registered image-encoder family (modeling.encoders)
+  naming: str = "official"  # tensor names: "official" | "hugging_face"
 
   @property
   def table(self) -> KeyTable:
-    return OFFICIAL if self.format == "official_pth" else HUGGING_FACE
+    family = encoders.get_encoder(self.encoder)
+    return key_table(family.rules(self.naming), self.naming, family.name)
 
 
 def sha256_of(paths: list[str]) -> str:
@@ -134,16 +141,22 @@ def read_checkpoint(path: str) -> SourceCheckpoint:
           "Face model.safetensors, or a Hugging Face model folder"])
     sha = sha256_of([path])
   tensors = {k: np.asarray(v) for k, v in tensors.items()}
-  # A .bin or .pth may hold Hugging Face names (pytorch_model.bin); decide by keys.
-  if fmt == "official_pth" and any(k.startswith("vision_encoder.") for k in tensors):
+  hf_container = fmt in ("hf_safetensors", "hf_folder")
+  detected = encoders.detect_family(tensors)
+  if detected is not None and hf_container and detected[1] != "hugging_face":
+    detected = None
+  if detected is None:
+    what = ("no Hugging Face SAM tensors (vision_encoder.*) found" if hf_container
+            else "no SAM tensors (image_encoder.* or vision_encoder.*) found")
+    raise CheckpointError(path, [
+        f"{what}: no registered image encoder family recognises the tensor names "
+        f"(registered: {', '.join(sorted(encoders.ENCODERS))})"])
+  family, naming = detected
+  # A .bin or .pth may hold Hugging Face names (pytorch_model.bin).
+  if fmt == "official_pth" and naming == "hugging_face":
     fmt = "hf_pth"
-  if fmt in ("hf_safetensors", "hf_folder", "hf_pth"):
-    if not any(k.startswith("vision_encoder.") for k in tensors):
-      raise CheckpointError(path, ["no Hugging Face SAM tensors (vision_encoder.*) found"])
-  elif not any(k.startswith("image_encoder.") for k in tensors):
-    raise CheckpointError(path, ["no SAM tensors (image_encoder.* or vision_encoder.*) found"])
-  return SourceCheckpoint(path=path, format=fmt, tensors=tensors,
-                          hf_config=hf_config, sha256=sha)
+  return SourceCheckpoint(path=path, format=fmt, tensors=tensors, hf_config=hf_config,
+                          sha256=sha, encoder=family.name, naming=naming)
 
 
 def _indices(tensors, pattern: str) -> list[int]:
@@ -158,33 +171,18 @@ def infer_config(src: SourceCheckpoint) -> SamConfig:
   without a config.json it is taken as 8, the value of every released SAM.
   """
   if src.hf_config is not None:
-    return config_from_hf(src.hf_config, src.path)
+    return config_from_hf(src.hf_config, src.path, src.encoder)
   t = src.tensors
-  official = src.format == "official_pth"
-  n = {  # tensor names of the two layouts
-      "patch": "image_encoder.patch_embed.proj.weight" if official
-               else "vision_encoder.patch_embed.projection.weight",
-      "pos": "image_encoder.pos_embed" if official else "vision_encoder.pos_embed",
-      "blocks": r"image_encoder\.blocks\.(\d+)\." if official
-                else r"vision_encoder\.layers\.(\d+)\.",
-      "block": "image_encoder.blocks.{}." if official else "vision_encoder.layers.{}.",
-      "neck": "image_encoder.neck.0.weight" if official else "vision_encoder.neck.conv1.weight",
+  official = src.naming == "official"
+  family = encoders.get_encoder(src.encoder)
+  n = {  # decoder tensor names of the two conventions
       "mask_in": "prompt_encoder.mask_downscaling.3.weight" if official
                  else "prompt_encoder.mask_embed.conv2.weight",
       "iou": r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.",
   }
   try:
-    dim, _, patch, _ = t[n["patch"]].shape
-    grid = t[n["pos"]].shape[1]
-    blocks = _indices(t, n["blocks"])
-    rel = [t[n["block"].format(i) + "attn.rel_pos_h"].shape for i in blocks]
-    head_dim = rel[0][1]
-    global_idx = tuple(i for i, s in zip(blocks, rel) if s[0] == 2 * grid - 1)
-    windows = {(s[0] + 1) // 2 for s in rel if s[0] != 2 * grid - 1}
-    if len(windows) > 1:
-      raise CheckpointError(src.path, [f"windowed blocks disagree on window size: {sorted(windows)}"])
-    mlp_dim = t[n["block"].format(blocks[0]) + "mlp.lin1.weight"].shape[0]
-    embed = t[n["neck"]].shape[0]
+    encoder, image_size = family.infer(t, src.naming)
+    embed = t["prompt_encoder.no_mask_embed.weight"].shape[1]
     mask_in = t[n["mask_in"]].shape[0]
     dec_layers = _indices(t, r"mask_decoder\.transformer\.layers\.(\d+)\.")
     dec_mlp = t["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
@@ -200,13 +198,12 @@ def infer_config(src: SourceCheckpoint) -> SamConfig:
   except KeyError as e:
     raise CheckpointError(src.path, [
         f"cannot infer the architecture: tensor {e.args[0]!r} is missing"]) from e
+  except ValueError as e:
+    raise CheckpointError(src.path, [f"cannot infer the architecture: {e}"]) from e
   try:
     return SamConfig(
-        image_size=grid * patch, patch_size=patch, encoder_dim=dim,
-        encoder_depth=len(blocks), encoder_num_heads=dim // head_dim,
-        encoder_mlp_dim=mlp_dim,
-        encoder_window_size=windows.pop() if windows else 0,
-        encoder_global_attn_indexes=global_idx, prompt_embed_dim=embed,
+        image_size=image_size or SamConfig.image_size, encoder=encoder,
+        prompt_embed_dim=embed,
         mask_in_chans=mask_in, decoder_depth=len(dec_layers), decoder_num_heads=8,
         decoder_mlp_dim=dec_mlp, attention_downsample_rate=embed // internal,
         num_multimask_outputs=mask_tokens - 1, iou_head_depth=iou_depth,
@@ -216,19 +213,22 @@ def infer_config(src: SourceCheckpoint) -> SamConfig:
     raise CheckpointError(src.path, [f"inconsistent architecture: {e}"]) from e
 
 
-def config_from_hf(cfg: dict[str, Any], path: str = "config.json") -> SamConfig:
-  """SamConfig from a Hugging Face `SamConfig` dict (config.json)."""
+def config_from_hf(cfg: dict[str, Any], path: str = "config.json",
+                   encoder: str = "vit") -> SamConfig:
+  """SamConfig from a Hugging Face `SamConfig` dict (config.json).
+
+  `encoder` is the image-encoder family, whose `from_hf` hook reads
+  `vision_config`.
+  """
+  family = encoders.get_encoder(encoder)
+  if family.from_hf is None:
+    raise CheckpointError(path, [f"the {encoder!r} image encoder family has no "
+                                 "Hugging Face config reader"])
   try:
     v, p, m = cfg["vision_config"], cfg["prompt_encoder_config"], cfg["mask_decoder_config"]
-    dim = v.get("hidden_size", 768)
-    mlp_dim = v.get("mlp_dim") or int(dim * v.get("mlp_ratio", 4.0))
+    vision, image_size = family.from_hf(v)
     return SamConfig(
-        image_size=v.get("image_size", 1024), patch_size=v.get("patch_size", 16),
-        encoder_dim=dim, encoder_depth=v.get("num_hidden_layers", 12),
-        encoder_num_heads=v.get("num_attention_heads", 12), encoder_mlp_dim=mlp_dim,
-        encoder_window_size=v.get("window_size", 14),
-        encoder_global_attn_indexes=tuple(v.get("global_attn_indexes", (2, 5, 8, 11))),
-        encoder_layer_norm_eps=v.get("layer_norm_eps", 1e-6),
+        image_size=image_size, encoder=vision,
         prompt_embed_dim=v.get("output_channels", 256),
         mask_in_chans=p.get("mask_input_channels", 16),
         decoder_depth=m.get("num_hidden_layers", 2),

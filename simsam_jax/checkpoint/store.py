@@ -4,7 +4,9 @@ A converted checkpoint is a folder:
 
   params/          Orbax (StandardCheckpointer) checkpoint of the model state
                    as a pure nested dict of float32 arrays.
-  simsam_jax.json  sidecar: architecture (`SamConfig` fields), preprocessing
+  simsam_jax.json  sidecar: architecture (`SamConfig.to_dict()`, the image
+                   encoder nested with its family; the flat ViT fields of
+                   older sidecars are read too), preprocessing
                    profile (`simsam_jax.profiles`: "sam", "medsam", ...),
                    source format, source path and sha256, library version.
                    A sidecar without "profile" (written before profiles
@@ -18,6 +20,7 @@ recorded in the sidecar.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,10 +45,11 @@ FORMAT_VERSION = 1
 
 def matching_preset(config: SamConfig) -> str | None:
   """Name of the preset whose shapes `config` has, ignoring LayerNorm eps."""
-  import dataclasses
-  strip = lambda c: dataclasses.replace(c, transformer_layer_norm_eps=0.0,
-                                         final_layer_norm_eps=0.0,
-                                         encoder_layer_norm_eps=0.0)
+  def strip(c: SamConfig) -> SamConfig:
+    c = dataclasses.replace(c, transformer_layer_norm_eps=0.0, final_layer_norm_eps=0.0)
+    if hasattr(c.encoder, "layer_norm_eps"):
+      c = dataclasses.replace(c, encoder=dataclasses.replace(c.encoder, layer_norm_eps=0.0))
+    return c
   for name, preset in PRESETS.items():
     if strip(preset) == strip(config):
       return name

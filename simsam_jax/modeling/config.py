@@ -8,12 +8,30 @@ Compute precision and attention implementation are run options, not
 architecture: they are not fields here (presets and checkpoint sidecars
 compare whole configs) but a `policy.Policy` given when a model is built or
 loaded.
+
+The image encoder's architecture is nested per encoder family
+(`SamConfig.encoder`, e.g. `ViTConfig`; `simsam_jax.modeling.encoders`), and
+serialised nested with its "family" key. `SamConfig.from_dict` also reads the
+flat layout of checkpoints written before (`patch_size`, `encoder_dim`, ...
+at the top level), which always describes a ViT.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Tuple
+from typing import Any
+
+from simsam_jax.modeling.encoders import (EncoderConfig, encoder_config_from_dict,
+                                          family_of)
+from simsam_jax.modeling.encoders.vit import ViTConfig
+
+# Flat field names of the ViT before encoders were nested -> ViTConfig fields.
+_LEGACY_VIT_FIELDS = {
+    "patch_size": "patch_size", "encoder_dim": "dim", "encoder_depth": "depth",
+    "encoder_num_heads": "num_heads", "encoder_mlp_dim": "mlp_dim",
+    "encoder_window_size": "window_size",
+    "encoder_global_attn_indexes": "global_attn_indexes",
+    "encoder_layer_norm_eps": "layer_norm_eps"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,15 +40,9 @@ class SamConfig:
 
   Attributes:
     image_size: side of the square, padded model input in pixels (1024).
-    patch_size: ViT patch size (16); `image_size // patch_size` is the side of
-      the image embedding grid (64).
-    encoder_dim: ViT width (768 / 1024 / 1280 for B / L / H).
-    encoder_depth: number of ViT blocks.
-    encoder_num_heads: attention heads per ViT block.
-    encoder_mlp_dim: hidden width of the ViT MLPs (4 x encoder_dim).
-    encoder_window_size: side of the attention windows of non-global blocks.
-    encoder_global_attn_indexes: indices of the blocks with global attention.
-    encoder_layer_norm_eps: epsilon of every LayerNorm in the image encoder.
+    encoder: the image encoder's config, an `EncoderConfig` of a registered
+      family (default: SAM's ViT-B, `ViTConfig()`); `image_size //
+      encoder.stride` is the side of the image embedding grid (64).
     prompt_embed_dim: channels of the image embedding, the prompt tokens and
       the two-way transformer (256).
     mask_in_chans: channels of the dense mask-prompt downscaler (16).
@@ -50,14 +62,7 @@ class SamConfig:
   """
 
   image_size: int = 1024
-  patch_size: int = 16
-  encoder_dim: int = 768
-  encoder_depth: int = 12
-  encoder_num_heads: int = 12
-  encoder_mlp_dim: int = 3072
-  encoder_window_size: int = 14
-  encoder_global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
-  encoder_layer_norm_eps: float = 1e-6
+  encoder: EncoderConfig = ViTConfig()
   prompt_embed_dim: int = 256
   mask_in_chans: int = 16
   decoder_depth: int = 2
@@ -71,15 +76,11 @@ class SamConfig:
   final_layer_norm_eps: float = 1e-5
 
   def __post_init__(self):
-    problems = []
-    if self.image_size % self.patch_size:
-      problems.append(
-          f"image_size={self.image_size} is not a multiple of "
-          f"patch_size={self.patch_size}")
-    if self.encoder_dim % self.encoder_num_heads:
-      problems.append(
-          f"encoder_dim={self.encoder_dim} is not divisible by "
-          f"encoder_num_heads={self.encoder_num_heads}")
+    if not isinstance(self.encoder, EncoderConfig):
+      raise ValueError(f"Invalid SamConfig: encoder must be an EncoderConfig, got "
+                       f"{type(self.encoder).__name__}")
+    family_of(self.encoder)  # registered, else ValueError naming the families
+    problems = list(self.encoder.problems(self.image_size))
     internal = self.prompt_embed_dim // self.attention_downsample_rate
     if internal % self.decoder_num_heads or (
         self.prompt_embed_dim % self.decoder_num_heads):
@@ -94,22 +95,13 @@ class SamConfig:
     if self.mask_in_chans % 4:
       problems.append(
           f"mask_in_chans={self.mask_in_chans} must be divisible by 4")
-    bad = [i for i in self.encoder_global_attn_indexes
-           if not 0 <= i < self.encoder_depth]
-    if bad:
-      problems.append(
-          f"encoder_global_attn_indexes {bad} outside [0, {self.encoder_depth})")
-    if self.encoder_window_size < 0:
-      problems.append("encoder_window_size must be >= 0")
     if problems:
       raise ValueError("Invalid SamConfig: " + "; ".join(problems))
-    object.__setattr__(self, "encoder_global_attn_indexes",
-                       tuple(int(i) for i in self.encoder_global_attn_indexes))
 
   @property
   def image_embedding_size(self) -> int:
     """Side of the image embedding grid (64 for 1024 / 16)."""
-    return self.image_size // self.patch_size
+    return self.image_size // self.encoder.stride
 
   @property
   def mask_input_size(self) -> int:
@@ -121,26 +113,38 @@ class SamConfig:
     return self.num_multimask_outputs + 1
 
   def to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
+    """JSON-ready dict, the encoder nested with its "family" key."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    d["encoder"] = self.encoder.to_dict()
     return d
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "SamConfig":
+    """Inverse of `to_dict`; also reads the flat layout written before.
+
+    Flat ViT fields (`patch_size`, `encoder_dim`, ...; missing ones take the
+    ViT-B defaults) become `encoder=ViTConfig(...)`; mixing them with a
+    nested "encoder" is refused.
+    """
+    d = dict(d)
+    legacy = {new: d.pop(old) for old, new in _LEGACY_VIT_FIELDS.items() if old in d}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
       raise ValueError(f"Unknown SamConfig fields: {unknown}")
-    d = dict(d)
-    if "encoder_global_attn_indexes" in d:
-      d["encoder_global_attn_indexes"] = tuple(d["encoder_global_attn_indexes"])
+    if legacy and "encoder" in d:
+      raise ValueError(f"SamConfig has both a nested encoder and flat ViT fields "
+                       f"{sorted(legacy)}")
+    if legacy:
+      d["encoder"] = ViTConfig.from_dict(legacy)
+    elif "encoder" in d:
+      d["encoder"] = encoder_config_from_dict(d["encoder"])
     return cls(**d)
 
 
 def _vit(dim: int, depth: int, heads: int, global_idx) -> SamConfig:
-  return SamConfig(
-      encoder_dim=dim, encoder_depth=depth, encoder_num_heads=heads,
-      encoder_mlp_dim=4 * dim, encoder_global_attn_indexes=tuple(global_idx))
+  return SamConfig(encoder=ViTConfig(dim=dim, depth=depth, num_heads=heads,
+                                     mlp_dim=4 * dim, global_attn_indexes=tuple(global_idx)))
 
 
 # Official hyper-parameters (segment_anything/build_sam.py).
@@ -153,16 +157,18 @@ PRESETS = {
     # global blocks. They keep 8 decoder heads like every released SAM, since
     # the decoder's head count is not recorded in checkpoint tensors.
     "tiny": SamConfig(
-        image_size=160, patch_size=16, encoder_dim=24, encoder_depth=3,
-        encoder_num_heads=3, encoder_mlp_dim=40, encoder_window_size=3,
-        encoder_global_attn_indexes=(1,), prompt_embed_dim=32,
+        image_size=160,
+        encoder=ViTConfig(patch_size=16, dim=24, depth=3, num_heads=3, mlp_dim=40,
+                          window_size=3, global_attn_indexes=(1,)),
+        prompt_embed_dim=32,
         mask_in_chans=16, decoder_depth=2, decoder_num_heads=8,
         decoder_mlp_dim=24, num_multimask_outputs=3, iou_head_depth=3,
         iou_head_hidden_dim=20),
     "tiny_wide": SamConfig(
-        image_size=112, patch_size=16, encoder_dim=40, encoder_depth=4,
-        encoder_num_heads=5, encoder_mlp_dim=72, encoder_window_size=5,
-        encoder_global_attn_indexes=(1, 3), prompt_embed_dim=48,
+        image_size=112,
+        encoder=ViTConfig(patch_size=16, dim=40, depth=4, num_heads=5, mlp_dim=72,
+                          window_size=5, global_attn_indexes=(1, 3)),
+        prompt_embed_dim=48,
         mask_in_chans=20, decoder_depth=3, decoder_num_heads=8,
         decoder_mlp_dim=56, num_multimask_outputs=2, iou_head_depth=4,
         iou_head_hidden_dim=28),
@@ -170,9 +176,10 @@ PRESETS = {
     # logits) with a two-block, windowed-only encoder (global attention over
     # 4096 tokens dominates CPU time): end-to-end tests at the real scale.
     "tiny_1024": SamConfig(
-        image_size=1024, patch_size=16, encoder_dim=48, encoder_depth=2,
-        encoder_num_heads=3, encoder_mlp_dim=96, encoder_window_size=14,
-        encoder_global_attn_indexes=(), prompt_embed_dim=64,
+        image_size=1024,
+        encoder=ViTConfig(patch_size=16, dim=48, depth=2, num_heads=3, mlp_dim=96,
+                          window_size=14, global_attn_indexes=()),
+        prompt_embed_dim=64,
         mask_in_chans=16, decoder_depth=2, decoder_num_heads=8,
         decoder_mlp_dim=128, iou_head_hidden_dim=64),
 }

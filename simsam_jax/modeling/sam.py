@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from simsam_jax.modeling.config import SamConfig
-from simsam_jax.modeling.image_encoder import ImageEncoder
+from simsam_jax.modeling.encoders import family_of
 from simsam_jax.modeling.mask_decoder import MaskDecoder
 from simsam_jax.modeling.policy import DTypeLike, Policy, make_policy
 from simsam_jax.modeling.prompt_encoder import PromptEncoder
@@ -45,6 +45,9 @@ from simsam_jax.modeling.prompt_encoder import PromptEncoder
 
 class Sam(nnx.Module):
   """SAM in Flax NNX. Build with `Sam(config, rngs=nnx.Rngs(seed))`.
+
+  The image encoder is the module of `config.encoder`'s registered family
+  (`simsam_jax.modeling.encoders`; SAM's ViT by default).
 
   `dtype` ("float32" default, "bfloat16") is the compute precision and
   `attention_impl` ("xla" default, "cudnn") the implementation of
@@ -55,7 +58,8 @@ class Sam(nnx.Module):
                dtype: DTypeLike = "float32", attention_impl: str = "xla"):
     self.config = config
     self.policy = Policy(dtype, attention_impl)
-    self.image_encoder = ImageEncoder(config, rngs=rngs, policy=self.policy)
+    self.image_encoder = family_of(config.encoder).module(config, rngs=rngs,
+                                                          policy=self.policy)
     self.prompt_encoder = PromptEncoder(config, rngs=rngs, policy=self.policy)
     self.mask_decoder = MaskDecoder(config, rngs=rngs, policy=self.policy)
 
@@ -66,7 +70,7 @@ class Sam(nnx.Module):
       pixels: (B, S, S, 3) float32, S = config.image_size: resized, normalised
         with SAM's pixel mean/std and zero-padded (`processing.preprocess`).
     Returns:
-      (B, G, G, C) float32 in every precision, G = S // patch_size,
+      (B, G, G, C) float32 in every precision, G = S // encoder.stride,
       C = prompt_embed_dim.
     """
     s = self.config.image_size

@@ -342,6 +342,9 @@ def check_workdir(workdir: str, config: ConfigDict, architecture: dict[str, Any]
   if os.path.exists(run_path):
     with open(run_path) as f:
       previous_arch = json.load(f).get("architecture")
+    if previous_arch is not None:  # runs recorded before encoders were nested: flat
+      from simsam_jax.modeling.config import SamConfig
+      previous_arch = json.loads(json.dumps(SamConfig.from_dict(previous_arch).to_dict()))
     if previous_arch != architecture:
       raise TrainingError(
           f"--config.checkpoint={config.checkpoint} has another architecture than the run in "

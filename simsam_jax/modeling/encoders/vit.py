@@ -1,0 +1,322 @@
+"""SAM's image encoder: a ViT with windowed and global attention, and a neck.
+
+Registered as the encoder family "vit" (`simsam_jax.modeling.encoders`), with
+its config `ViTConfig` (`SamConfig.encoder`), the key rules of the official
+and Hugging Face tensor names (`checkpoint.key_tables.VIT_RULES`) and the
+hooks that detect the family and infer its config from a checkpoint.
+
+Mirrors `segment_anything/modeling/image_encoder.py` (`ImageEncoderViT`) and
+Hugging Face `SamVisionEncoder`. Feature maps are NHWC throughout.
+
+Deviations from the PyTorch reference:
+  * NHWC instead of NCHW, so the neck's LayerNorm2d is a plain LayerNorm over
+    the last axis and no transposes are needed.
+  * Relative position tables are used at their stored size; the reference
+    interpolates them when the stored size differs from the attention size,
+    which never happens for a checkpoint of the configured architecture (the
+    converter rejects mismatched tables instead of resizing them silently).
+  * Attention goes through `jax.nn.dot_product_attention` (XLA's fused
+    attention, or cuDNN flash attention with `attention_impl="cudnn"`), with
+    the decomposed relative-position terms as its additive bias; the logits
+    are scaled after QK^T rather than scaling the query first (equal up to
+    float32 rounding, ~1e-7 relative).
+
+Precision (`policy.Policy`): the patch embedding, the qkv / projection / MLP
+linear layers, QK^T, PV, the relative-position terms and the neck
+convolutions take the policy's dtype with float32 parameters cast at use;
+the residual stream, the position embedding, LayerNorms, attention logits
+and softmax, and the returned embedding are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from simsam_jax.modeling.encoders import EncoderConfig, EncoderFamily, register_encoder
+from simsam_jax.modeling.layers import (MLPBlock, attend, gelu, layer_norm,
+                                       torch_like_linear)
+from simsam_jax.modeling.policy import Policy
+
+if TYPE_CHECKING:
+  from simsam_jax.modeling.config import SamConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(EncoderConfig):
+  """Architecture of SAM's ViT image encoder (defaults: ViT-B).
+
+  Attributes:
+    patch_size: patch side in pixels (16); the embedding grid side is
+      `image_size // patch_size` (64).
+    dim: ViT width (768 / 1024 / 1280 for B / L / H).
+    depth: number of blocks.
+    num_heads: attention heads per block.
+    mlp_dim: hidden width of the MLPs (4 x dim).
+    window_size: side of the attention windows of non-global blocks.
+    global_attn_indexes: indices of the blocks with global attention.
+    layer_norm_eps: epsilon of every LayerNorm of the blocks.
+  """
+
+  family = "vit"
+
+  patch_size: int = 16
+  dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  window_size: int = 14
+  global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+  layer_norm_eps: float = 1e-6
+
+  def __post_init__(self):
+    object.__setattr__(self, "global_attn_indexes",
+                       tuple(int(i) for i in self.global_attn_indexes))
+
+  @property
+  def stride(self) -> int:
+    return self.patch_size
+
+  def problems(self, image_size: int) -> list[str]:
+    problems = []
+    if image_size % self.patch_size:
+      problems.append(f"image_size={image_size} is not a multiple of "
+                      f"encoder.patch_size={self.patch_size}")
+    if self.dim % self.num_heads:
+      problems.append(f"encoder.dim={self.dim} is not divisible by "
+                      f"encoder.num_heads={self.num_heads}")
+    bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
+    if bad:
+      problems.append(f"encoder.global_attn_indexes {bad} outside [0, {self.depth})")
+    if self.window_size < 0:
+      problems.append("encoder.window_size must be >= 0")
+    return problems
+
+
+def relative_position_index(size: int) -> jax.Array:
+  """(size, size) int32 index into a (2*size-1, C) table: i - j + size - 1."""
+  coords = jnp.arange(size)
+  return coords[:, None] - coords[None, :] + (size - 1)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with decomposed relative position bias.
+
+  The decomposed relative-position terms (computed from the unscaled query,
+  as the reference) form the additive `bias` of
+  `jax.nn.dot_product_attention` (`layers.attend`): (B, N, T, T) float32,
+  T = H * W, built by broadcasting the (B, N, H, W, H) and (B, N, H, W, W)
+  terms, which XLA fuses into the logits.
+
+  Args of `__call__`:
+    x: (B, H, W, C) float, with H == W == the size the tables were built for
+      (window size, or the full grid for global blocks).
+  Returns:
+    (B, H, W, C) in the policy's dtype.
+  """
+
+  def __init__(self, dim: int, num_heads: int, input_size: int, *,
+               rngs: nnx.Rngs, policy: Policy):
+    self.num_heads = num_heads
+    self.policy = policy
+    head_dim = dim // num_heads
+    self.scale = head_dim ** -0.5
+    self.qkv = torch_like_linear(dim, 3 * dim, rngs, policy)
+    self.proj = torch_like_linear(dim, dim, rngs, policy)
+    # PyTorch initialises these at zero; random values keep tests decisive.
+    init = jax.nn.initializers.normal(0.02)
+    self.rel_pos_h = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
+    self.rel_pos_w = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
+
+  def relative_position_bias(self, q: jax.Array) -> jax.Array:
+    """q: (B, H, W, N, D) unscaled queries -> (B, N, H*W, H*W) float32 bias."""
+    b, h, w, n, _ = q.shape
+    cast = self.policy.cast
+    rh = cast(self.rel_pos_h[...][relative_position_index(h)])  # (H, Hk, D)
+    rw = cast(self.rel_pos_w[...][relative_position_index(w)])  # (W, Wk, D)
+    q = cast(q)
+    rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, rh, preferred_element_type=jnp.float32)
+    rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, rw, preferred_element_type=jnp.float32)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, h * w, h * w)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    heads = self.num_heads
+    qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
+    bias = self.relative_position_bias(q.reshape(b, h, w, heads, -1))
+    out = attend(q, k, v, self.policy, bias=bias, scale=self.scale)
+    return self.proj(out.reshape(b, h, w, c))
+
+
+def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
+  """Zero-pads (B, H, W, C) to multiples of `window` and splits it.
+
+  Returns:
+    windows: (B * nH * nW, window, window, C) and the padded (Hp, Wp).
+  """
+  b, h, w, c = x.shape
+  pad_h, pad_w = (-h) % window, (-w) % window
+  x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  hp, wp = h + pad_h, w + pad_w
+  x = x.reshape(b, hp // window, window, wp // window, window, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
+  return x, (hp, wp)
+
+
+def window_unpartition(windows: jax.Array, window: int, padded: tuple[int, int],
+                       original: tuple[int, int]) -> jax.Array:
+  """Inverse of `window_partition`: (B*nH*nW, w, w, C) -> (B, H, W, C)."""
+  hp, wp = padded
+  h, w = original
+  c = windows.shape[-1]
+  x = windows.reshape(-1, hp // window, wp // window, window, window, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
+  return x[:, :h, :w, :]
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block; windowed attention when `window_size` > 0.
+
+  Args of `__call__`:
+    x: (B, G, G, C) float32 residual stream, G = image_size // patch_size.
+  Returns:
+    (B, G, G, C) float32 (the attention and MLP branches, in the policy's
+    dtype, are added to the float32 stream).
+  """
+
+  def __init__(self, config: SamConfig, window_size: int, *, rngs: nnx.Rngs,
+               policy: Policy):
+    vit = config.encoder
+    dim = vit.dim
+    self.window_size = window_size
+    input_size = window_size if window_size > 0 else config.image_embedding_size
+    self.norm1 = layer_norm(dim, vit.layer_norm_eps, rngs)
+    self.attn = Attention(dim, vit.num_heads, input_size, rngs=rngs, policy=policy)
+    self.norm2 = layer_norm(dim, vit.layer_norm_eps, rngs)
+    self.mlp = MLPBlock(dim, vit.mlp_dim, gelu, rngs=rngs, policy=policy)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shortcut = x
+    x = self.norm1(x)
+    if self.window_size > 0:
+      h, w = x.shape[1:3]
+      x, padded = window_partition(x, self.window_size)
+      x = self.attn(x)
+      x = window_unpartition(x, self.window_size, padded, (h, w))
+    else:
+      x = self.attn(x)
+    x = shortcut + x
+    return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoder(nnx.Module):
+  """ViT image encoder with neck (SAM's `ImageEncoderViT`).
+
+  Args of `__call__`:
+    pixels: (B, S, S, 3) float32, S = config.image_size; normalised with SAM's
+      pixel mean/std and zero-padded (see `simsam_jax.processing`).
+  Returns:
+    image embeddings (B, G, G, prompt_embed_dim) float32 (the neck ends with a
+    LayerNorm), G = S // config.encoder.patch_size.
+  """
+
+  def __init__(self, config: SamConfig, *, rngs: nnx.Rngs,
+               policy: Policy = Policy()):
+    vit = config.encoder
+    dim, grid, p = vit.dim, config.image_embedding_size, vit.patch_size
+    conv = functools.partial(nnx.Conv, dtype=policy.dtype,
+                             param_dtype=policy.param_dtype, rngs=rngs)
+    self.patch_embed = conv(3, dim, kernel_size=(p, p), strides=(p, p),
+                            padding="VALID")
+    self.pos_embed = nnx.Param(
+        jax.random.normal(rngs.params(), (1, grid, grid, dim)) * 0.02)
+    global_idx = set(vit.global_attn_indexes)
+    self.blocks = nnx.List([
+        Block(config, 0 if i in global_idx else vit.window_size, rngs=rngs, policy=policy)
+        for i in range(vit.depth)
+    ])
+    out = config.prompt_embed_dim
+    self.neck_conv1 = conv(dim, out, kernel_size=(1, 1), use_bias=False)
+    self.neck_norm1 = layer_norm(out, 1e-6, rngs)
+    self.neck_conv2 = conv(out, out, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                           use_bias=False)
+    self.neck_norm2 = layer_norm(out, 1e-6, rngs)
+
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    x = self.patch_embed(pixels).astype(jnp.float32) + self.pos_embed[...]
+    for block in self.blocks:
+      x = block(x)
+    x = self.neck_norm1(self.neck_conv1(x))
+    return self.neck_norm2(self.neck_conv2(x))
+
+
+# Checkpoint hooks. Tensor names of the two naming conventions.
+_NAMES = {
+    "official": {"patch": "image_encoder.patch_embed.proj.weight",
+                 "pos": "image_encoder.pos_embed",
+                 "blocks": r"image_encoder\.blocks\.(\d+)\.",
+                 "block": "image_encoder.blocks.{}."},
+    "hugging_face": {"patch": "vision_encoder.patch_embed.projection.weight",
+                     "pos": "vision_encoder.pos_embed",
+                     "blocks": r"vision_encoder\.layers\.(\d+)\.",
+                     "block": "vision_encoder.layers.{}."},
+}
+
+
+def detect(keys: frozenset) -> Optional[str]:
+  """"official" / "hugging_face" when the names hold SAM's ViT, else None."""
+  for naming, n in _NAMES.items():
+    if n["patch"] in keys or n["pos"] in keys:
+      return naming
+  return None
+
+
+def infer(tensors: Mapping[str, np.ndarray], naming: str) -> tuple[ViTConfig, int]:
+  """ViTConfig and image_size from the tensor shapes (KeyError if missing)."""
+  n = _NAMES[naming]
+  dim, _, patch, _ = tensors[n["patch"]].shape
+  grid = tensors[n["pos"]].shape[1]
+  blocks = sorted({int(m.group(1)) for k in tensors if (m := re.match(n["blocks"], k))})
+  if not blocks:
+    raise KeyError(n["block"].format(0) + "attn.rel_pos_h")
+  rel = [tensors[n["block"].format(i) + "attn.rel_pos_h"].shape for i in blocks]
+  global_idx = tuple(i for i, s in zip(blocks, rel) if s[0] == 2 * grid - 1)
+  windows = {(s[0] + 1) // 2 for s in rel if s[0] != 2 * grid - 1}
+  if len(windows) > 1:
+    raise ValueError(f"windowed blocks disagree on window size: {sorted(windows)}")
+  config = ViTConfig(
+      patch_size=patch, dim=dim, depth=len(blocks), num_heads=dim // rel[0][1],
+      mlp_dim=tensors[n["block"].format(blocks[0]) + "mlp.lin1.weight"].shape[0],
+      window_size=windows.pop() if windows else 0, global_attn_indexes=global_idx)
+  return config, grid * patch
+
+
+def from_hf(v: Mapping[str, Any]) -> tuple[ViTConfig, int]:
+  """ViTConfig and image_size from a Hugging Face `SamVisionConfig` dict."""
+  dim = v.get("hidden_size", 768)
+  config = ViTConfig(
+      patch_size=v.get("patch_size", 16), dim=dim, depth=v.get("num_hidden_layers", 12),
+      num_heads=v.get("num_attention_heads", 12),
+      mlp_dim=v.get("mlp_dim") or int(dim * v.get("mlp_ratio", 4.0)),
+      window_size=v.get("window_size", 14),
+      global_attn_indexes=tuple(v.get("global_attn_indexes", (2, 5, 8, 11))),
+      layer_norm_eps=v.get("layer_norm_eps", 1e-6))
+  return config, v.get("image_size", 1024)
+
+
+def _key_rules():
+  from simsam_jax.checkpoint.key_tables import VIT_RULES
+  return VIT_RULES
+
+
+FAMILY = register_encoder(EncoderFamily(
+    name="vit", module=ImageEncoder, config=ViTConfig, key_rules=_key_rules,
+    detect=detect, infer=infer, from_hf=from_hf))
