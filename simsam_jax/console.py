@@ -13,8 +13,8 @@ log level (its size is "Unknown size" for datasets built from local files,
 which misleads); `library_stdout()` sends such prints to the same log file
 while the console is quiet.
 
-The log file is opened at the first record, so a run refused before any work
-leaves no file behind.
+The log file is written once the run has created its workdir: a run refused
+before any work leaves no file behind.
 """
 
 from __future__ import annotations
@@ -32,12 +32,40 @@ LOG_DIR = "logs"
 _state: dict = {}  # the active session: {"handler", "console_level", "path"}
 
 
-class _LazyFileHandler(logging.FileHandler):
-  """A FileHandler that creates its folder when the first record arrives."""
+class _WorkdirFileHandler(logging.Handler):
+  """Appends records to `WORKDIR/logs/PROGRAM.log` once the workdir exists.
 
-  def _open(self):
-    os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
-    return super()._open()
+  Records that arrive before the run has created its workdir (a run refused
+  before any work, or one that has not started yet) are held in memory and
+  written with the first record after it; a run that never creates its
+  workdir leaves no file anywhere.
+  """
+
+  def __init__(self, workdir: str, path: str):
+    super().__init__(logging.INFO)
+    self.workdir, self.path = workdir, path
+    self.pending: list[str] = []
+    self.file = None
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      self.pending.append(self.format(record))
+      if self.file is None:
+        if not os.path.isdir(self.workdir):
+          return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+      self.file.write("".join(line + "\n" for line in self.pending))
+      self.file.flush()
+      self.pending.clear()
+    except Exception:  # pylint: disable=broad-except
+      self.handleError(record)
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
+      self.file = None
+    super().close()
 
 
 def verbose() -> bool:
@@ -63,8 +91,7 @@ def start(workdir: str, program: str) -> str | None:
   if verbose():
     return None
   path = os.path.abspath(log_path(workdir, program))
-  handler = _LazyFileHandler(path, delay=True)
-  handler.setLevel(logging.INFO)
+  handler = _WorkdirFileHandler(os.path.abspath(workdir), path)
   handler.setFormatter(absl_logging.PythonFormatter())
   root = logging.getLogger()
   root.addHandler(handler)

@@ -53,6 +53,7 @@ import time
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from simsam_jax import console
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import evaluator as evaluate
 from simsam_jax.evaluation.config import get_eval_config
@@ -164,19 +165,21 @@ def main(argv) -> int:
         f"{config.builder_config or 'default'} ({config.split} split), "
         f"checkpoint {config.checkpoint}, {config.precision}, into {workdir}", flush=True)
   start = time.perf_counter()
-  try:
-    results = run(config, workdir)
-  except (evaluate.EvaluationError, DatasetError) as e:
-    print(f"simsam_jax.demo: error: {e}", file=sys.stderr)
-    return 1
-  elapsed = time.perf_counter() - start
-  if not results["complete"]:
-    print(evaluate.incomplete_message(results, workdir))
-    return 0
-  with open(os.path.join(workdir, "table.md")) as f:
-    print("\n" + f.read())
-  print(f"{results['num_images']} images, {len(results['methods'])} methods in "
-        f"{elapsed:.0f} s. Wrote to {workdir}: " + ", ".join(OUTPUTS))
+  with console.session(workdir, "demo"):
+    try:
+      results = run(config, workdir)
+    except (evaluate.EvaluationError, DatasetError) as e:
+      print(f"simsam_jax.demo: error: {e}", file=sys.stderr)
+      return 1
+    elapsed = time.perf_counter() - start
+    if not results["complete"]:
+      print(evaluate.incomplete_message(results, workdir))
+      return 0
+    with open(os.path.join(workdir, "table.md")) as f:
+      print("\n" + f.read())
+    print(f"{results['num_images']} images, {len(results['methods'])} methods in "
+          f"{elapsed:.0f} s. Wrote to {workdir}: " + ", ".join(OUTPUTS) + ". "
+          + console.where_logs_went())
   if random_weights:
     print(random_weights_warning(config.checkpoint))
     print(next_steps(workdir.rstrip("/")))

@@ -74,9 +74,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from simsam_jax import console
 from simsam_jax.data.common import DatasetError
 # The library lives in `evaluation.evaluator`; these names are re-exported
 # for code written against this module.
@@ -104,17 +105,18 @@ def main(argv):
   if config is None or not workdir:
     print("simsam_jax.evaluate: error: --config and --workdir are required", file=sys.stderr)
     return 1
-  try:
-    results = evaluate(config, workdir)
-  except (EvaluationError, DatasetError) as e:
-    print(f"simsam_jax.evaluate: error: {e}", file=sys.stderr)
-    return 1
-  if not results["complete"]:
-    print(incomplete_message(results, workdir))
-    return 0
-  with open(os.path.join(workdir, "table.md")) as f:
-    print(f.read())
-  logging.info("wrote %s", workdir)
+  with console.session(workdir, "evaluate"):
+    try:
+      results = evaluate(config, workdir)
+    except (EvaluationError, DatasetError) as e:
+      print(f"simsam_jax.evaluate: error: {e}", file=sys.stderr)
+      return 1
+    if not results["complete"]:
+      print(incomplete_message(results, workdir))
+      return 0
+    with open(os.path.join(workdir, "table.md")) as f:
+      print(f.read())
+    print(f"Wrote {workdir}. {console.where_logs_went()}".rstrip())
   return 0
 
 

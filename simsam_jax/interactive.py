@@ -54,7 +54,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from PIL import Image, ImageDraw
 
-from simsam_jax import overlay, processing
+from simsam_jax import console, overlay, processing
 from simsam_jax.data import protocols
 from simsam_jax.data.common import DatasetError
 from simsam_jax.evaluation import evaluator as ev
@@ -391,20 +391,22 @@ def main(argv) -> int:
     print("simsam_jax.interactive: error: --config and --workdir are required",
           file=sys.stderr)
     return 1
-  try:
-    results = run(config, workdir)
-  except (ev.EvaluationError, DatasetError) as e:
-    print(f"simsam_jax.interactive: error: {e}", file=sys.stderr)
-    return 1
-  if not results["complete"]:
-    print(f"Shard {results['shard'][0]} of {results['shard'][1]} done; "
-          f"{results['missing_images']} images of other shards are not done yet.")
-    return 0
-  with open(os.path.join(workdir, "table.md")) as f:
-    print(f.read())
-  if results["checkpoint"].get("random_weights"):
-    print("RANDOM WEIGHTS: the masks, and every number above, are meaningless; use a "
-          "converted checkpoint (--config.checkpoint=checkpoints/sam_vit_b).")
+  with console.session(workdir, "interactive"):
+    try:
+      results = run(config, workdir)
+    except (ev.EvaluationError, DatasetError) as e:
+      print(f"simsam_jax.interactive: error: {e}", file=sys.stderr)
+      return 1
+    if not results["complete"]:
+      print(f"Shard {results['shard'][0]} of {results['shard'][1]} done; "
+            f"{results['missing_images']} images of other shards are not done yet.")
+      return 0
+    with open(os.path.join(workdir, "table.md")) as f:
+      print(f.read())
+    if results["checkpoint"].get("random_weights"):
+      print("RANDOM WEIGHTS: the masks, and every number above, are meaningless; use a "
+            "converted checkpoint (--config.checkpoint=checkpoints/sam_vit_b).")
+    print(f"Wrote {workdir}. {console.where_logs_went()}".rstrip())
   return 0
 
 

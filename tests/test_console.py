@@ -14,7 +14,9 @@ def test_info_goes_to_the_file_warnings_to_both(tmp_path):
   workdir = str(tmp_path / "run")
   with console.session(workdir, "demo") as path:
     assert path == os.path.join(workdir, "logs", "demo.log")
-    assert not os.path.exists(workdir)  # nothing written before the first record
+    absl_logging.info("before the workdir exists")
+    assert not os.path.exists(workdir)  # held in memory, nothing written
+    os.makedirs(workdir)
     console_handler = absl_logging.get_absl_handler()
     assert console_handler.level == logging.WARNING  # INFO records no longer reach it
     absl_logging.info("library detail %d", 1)
@@ -24,6 +26,7 @@ def test_info_goes_to_the_file_warnings_to_both(tmp_path):
       print("Downloading and preparing dataset Unknown size")
     assert console.where_logs_went().endswith("demo.log")
   text = open(path).read()
+  assert text.index("before the workdir exists") < text.index("library detail 1")
   assert "library detail 1" in text and "Downloading and preparing" in text
   assert "Unknown size" in text and "something to see" in text
   # after the session the console is back to normal, the file no longer grows
@@ -44,3 +47,12 @@ def test_verbosity_keeps_logs_on_the_console(tmp_path):
     assert not (tmp_path / "run").exists()
   finally:
     flags.FLAGS.verbosity = old
+
+
+def test_a_workdir_that_is_a_file_gets_no_log(tmp_path):
+  flags.FLAGS.mark_as_parsed()
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  with console.session(str(a_file), "demo"):
+    absl_logging.warning("refused")
+  assert a_file.read_text() == "x"

@@ -6,6 +6,7 @@ The full-size run, exactly as the README shows it, is in test_readme.py.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,26 @@ def test_cli_says_weights_are_random_and_what_to_run_next(cli_run):
   assert "python -m simsam_jax.convert" in proc.stdout
   assert "--config.checkpoint=checkpoints/sam_vit_b" in proc.stdout
   assert (workdir / "table.md").read_text() in proc.stdout
+
+
+def test_console_is_clean_and_library_logs_go_to_the_workdir(cli_run):
+  """Progress, table and paths on the console; TFDS's "Downloading and
+  preparing dataset Unknown size" and absl INFO lines in WORKDIR/logs."""
+  workdir, proc = cli_run
+  console = proc.stdout + proc.stderr
+  assert "Downloading and preparing" not in console
+  assert not re.search(r"^I\d{4} ", console, re.M), console[-2000:]  # absl INFO prefix
+  log = (workdir / "logs" / "demo.log").read_text()
+  assert "Downloading and preparing dataset" in log
+  assert f"Library logs: {workdir / 'logs' / 'demo.log'}" in proc.stdout
+
+
+def test_verbosity_brings_library_logs_back(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _run_cli(f"--workdir={workdir}", *SMALL, "--config.methods=sam", "--verbosity=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Downloading and preparing dataset" in proc.stdout + proc.stderr
+  assert not (workdir / "logs").exists()
 
 
 def test_rerun_resumes_without_recomputing(cli_run):

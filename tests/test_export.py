@@ -148,8 +148,8 @@ def test_sam_with_weights_as_an_argument(checkpoint, phantom, library, tmp_path)
     ({"k": 0}, "--k=0"),
     ({"precision": "fp16"}, "--precision='fp16'"),
     ({"platforms": ["cpu", "rocm"]}, "--platforms='cpu,rocm'"),
-    ({"checkpoint": "/nonexistent/ckpt"}, "--checkpoint=/nonexistent/ckpt"),
-    ({"checkpoint": "random:nope"}, "--checkpoint=random:nope"),
+    ({"checkpoint": "/nonexistent/ckpt"}, "--checkpoint='/nonexistent/ckpt'"),
+    ({"checkpoint": "random:nope"}, "--checkpoint='random:nope'"),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, kwargs, message):
   args = {"checkpoint": "random:tiny", "method": "simsam", "image_size": (H, W),

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 import tensorflow_datasets as tfds
 
+from simsam_jax import console
 from simsam_jax.data import builder as builder_lib
 from simsam_jax.data import registry
 SPLITS = ("train", "validation", "test")
@@ -57,8 +58,9 @@ def prepare_builder(name: str, data_dir: PathLike,
     try:
       # Constructed under the lock: sees a dataset another process just built.
       builder = get_builder(name, data_dir, config, on_bad_example)
-      builder.download_and_prepare(download_config=download_config,
-                                   file_format="array_record")
+      with console.library_stdout():  # TFDS prints its "Downloading and preparing"
+        builder.download_and_prepare(download_config=download_config,
+                                     file_format="array_record")
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return builder
