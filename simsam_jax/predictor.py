@@ -63,8 +63,6 @@ from simsam_jax.prompts import Box, Point, PredictorError
 from simsam_jax.simsam import SimSam, SimSamConfig, SimSamOutput
 from simsam_jax.simsam.engine import data_parallel
 
-MASK_THRESHOLD = 0.0
-
 
 @dataclasses.dataclass(frozen=True)
 class LoadedSam:
@@ -74,8 +72,8 @@ class LoadedSam:
     fns: `make_sam_functions` output (jitted `encode` / `decode`).
     state: the model's `nnx.State`, passed to `fns`.
     config: the architecture.
-    description: JSON-ready provenance (spec, path, preset, random weights,
-      seed, source format and sha256).
+    description: JSON-ready provenance (`checkpoint.resolve`), plus the
+      profile it runs under once `with_profile` is applied.
     simsam_engines: `simsam_engine`'s cache, {SimSamConfig: SimSam}, so
       that repeated runs with one configuration compile once.
     policy: compute precision and attention implementation of `fns`.
@@ -293,7 +291,7 @@ def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
   chosen_index = int(np.argmax(iou_predictions)) if multimask else 0
 
   chosen = jnp.asarray(low_res_logits[chosen_index])
-  # "sam": `processing.postprocess_logits(chosen, info) > MASK_THRESHOLD`.
+  # "sam": `processing.postprocess_logits(chosen, info) > 0`.
   _, compile_ms["postprocess"] = _timed(profile.masks,
                                         jnp.zeros_like(chosen), info)
   upscaled, timings["postprocess"] = _timed(profile.masks, chosen, info)
