@@ -648,7 +648,7 @@ class Predictor:
     """`set_image` + `predict` over many images, batched per image size.
 
     Images of one size run as one program, `jax.vmap`-ed and sharded over
-    `devices` (default: all) by `simsam.engine.data_parallel`.
+    `devices` (default: the local devices) by `simsam.engine.data_parallel`.
 
     Args:
       images: B images as `set_image` takes them.
@@ -688,7 +688,8 @@ class Predictor:
                          jnp.asarray(np.concatenate([p[j] for p in per_image])))
       boxes_m, coords, labels = stack(0), stack(1), stack(2)
       out = data_parallel(self._batch, self.sam.state,
-                          (jnp.asarray(pixels), coords, labels, boxes_m), devices,
+                          (jnp.asarray(pixels), coords, labels, boxes_m),
+                          jax.local_devices() if devices is None else devices,
                           info=info, multimask=bool(multimask))
       masks, iou, low = jax.device_get(out)
       for row, i in enumerate(indices):
@@ -707,7 +708,7 @@ class Predictor:
       images: B images as `set_image` takes them; boxes: B boxes.
       k, clicks, aggregation, mask_prompt, seed: as `simsam`.
       ground_truths: None or B (H, W) bool masks.
-      devices: devices to shard over (default: all).
+      devices: devices to shard over (default: the local devices).
 
     Returns:
       B `SimSamOutput`s of host numpy arrays, in order; each equals
@@ -736,7 +737,8 @@ class Predictor:
                 np.stack([np.asarray(ground_truths[i], bool) for i in indices]))
       try:
         out = engine.run_batch(pixels, np.asarray(parsed, np.float32), info,
-                               ground_truths=truths, devices=devices)
+                               ground_truths=truths,
+                               devices=jax.local_devices() if devices is None else devices)
       except ValueError as error:
         raise PredictorError(f"--method=simsam: {error}") from None
       out = jax.tree.map(np.asarray, jax.device_get(out))
