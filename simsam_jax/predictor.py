@@ -63,8 +63,6 @@ from simsam_jax.prompts import Box, Point, PredictorError
 from simsam_jax.simsam import SimSam, SimSamConfig, SimSamOutput
 from simsam_jax.simsam.engine import data_parallel
 
-MASK_THRESHOLD = 0.0
-
 
 @dataclasses.dataclass(frozen=True)
 class LoadedSam:
@@ -74,8 +72,8 @@ class LoadedSam:
     fns: `make_sam_functions` output (jitted `encode` / `decode`).
     state: the model's `nnx.State`, passed to `fns`.
     config: the architecture.
-    description: JSON-ready provenance (spec, path, preset, random weights,
-      seed, source format and sha256).
+    description: JSON-ready provenance (`checkpoint.resolve`), plus the
+      profile it runs under once `with_profile` is applied.
     simsam_engines: `simsam_engine`'s cache, {SimSamConfig: SimSam}, so
       that repeated runs with one configuration compile once.
     policy: compute precision and attention implementation of `fns`.
@@ -293,7 +291,7 @@ def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
   chosen_index = int(np.argmax(iou_predictions)) if multimask else 0
 
   chosen = jnp.asarray(low_res_logits[chosen_index])
-  # "sam": `processing.postprocess_logits(chosen, info) > MASK_THRESHOLD`.
+  # "sam": `processing.postprocess_logits(chosen, info) > 0`.
   _, compile_ms["postprocess"] = _timed(profile.masks,
                                         jnp.zeros_like(chosen), info)
   upscaled, timings["postprocess"] = _timed(profile.masks, chosen, info)
@@ -650,7 +648,7 @@ class Predictor:
     """`set_image` + `predict` over many images, batched per image size.
 
     Images of one size run as one program, `jax.vmap`-ed and sharded over
-    `devices` (default: all) by `simsam.engine.data_parallel`.
+    `devices` (default: the local devices) by `simsam.engine.data_parallel`.
 
     Args:
       images: B images as `set_image` takes them.
@@ -690,7 +688,8 @@ class Predictor:
                          jnp.asarray(np.concatenate([p[j] for p in per_image])))
       boxes_m, coords, labels = stack(0), stack(1), stack(2)
       out = data_parallel(self._batch, self.sam.state,
-                          (jnp.asarray(pixels), coords, labels, boxes_m), devices,
+                          (jnp.asarray(pixels), coords, labels, boxes_m),
+                          jax.local_devices() if devices is None else devices,
                           info=info, multimask=bool(multimask))
       masks, iou, low = jax.device_get(out)
       for row, i in enumerate(indices):
@@ -709,7 +708,7 @@ class Predictor:
       images: B images as `set_image` takes them; boxes: B boxes.
       k, clicks, aggregation, mask_prompt, seed: as `simsam`.
       ground_truths: None or B (H, W) bool masks.
-      devices: devices to shard over (default: all).
+      devices: devices to shard over (default: the local devices).
 
     Returns:
       B `SimSamOutput`s of host numpy arrays, in order; each equals
@@ -738,7 +737,8 @@ class Predictor:
                 np.stack([np.asarray(ground_truths[i], bool) for i in indices]))
       try:
         out = engine.run_batch(pixels, np.asarray(parsed, np.float32), info,
-                               ground_truths=truths, devices=devices)
+                               ground_truths=truths,
+                               devices=jax.local_devices() if devices is None else devices)
       except ValueError as error:
         raise PredictorError(f"--method=simsam: {error}") from None
       out = jax.tree.map(np.asarray, jax.device_get(out))
