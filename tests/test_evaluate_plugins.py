@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
 from simsam_jax import workdir as workdir_lib
 from simsam_jax.data import loading
@@ -100,7 +101,9 @@ def test_user_module_registers_a_metric_and_a_click_strategy(user_module, tmp_pa
   assert "box_centre" not in CLICK_STRATEGIES and "truth_fraction" not in plugins.METRICS
   methods = {"sam": {}, "simsam": {}, "centre": {"clicks": "box_centre",
                                                  "clicks_in_box": True}}
-  config = _config(tmp_path / "tfds", import_modules=user_module, methods=methods,
+  # A ConfigDict sorts its keys unless told not to; the methods keep this order.
+  config = _config(tmp_path / "tfds", import_modules=user_module,
+                   methods=ConfigDict(methods, sort_keys=False),
                    metrics="dsc,iou,nsd,truth_fraction", protocol="native", num_figures=1)
   workdir = tmp_path / "run"
   results = ev.evaluate(config, str(workdir), progress=False)
@@ -134,8 +137,9 @@ def test_user_module_registers_a_metric_and_a_click_strategy(user_module, tmp_pa
 
   # Resuming with other metrics would mix rows of two schemas: refused.
   with pytest.raises(ev.EvaluationError, match="--config.metrics=dsc,iou,nsd,truth_fraction"):
-    ev.evaluate(_config(tmp_path / "tfds", import_modules=user_module, methods=methods,
-                        protocol="native", num_figures=1), str(workdir), progress=False)
+    ev.evaluate(_config(tmp_path / "tfds", import_modules=user_module,
+                        methods=ConfigDict(methods, sort_keys=False), protocol="native",
+                        num_figures=1), str(workdir), progress=False)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -229,3 +233,29 @@ def test_two_processes_on_one_workdir(tmp_path):
   assert len(keys) == len(set(keys)) == 2 * len(PHANTOM_IDS)
   assert {r["gate"] for r in rows} == {"1"}
   assert lock_file.read_text() == ""  # released, no stale pid
+
+
+def test_interactive_finetune_and_demo_refuse_a_held_workdir(tmp_path):
+  from simsam_jax import demo, interactive
+  spec = importlib.util.spec_from_file_location("icfg", REPO / "configs" / "interactive.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("phantom,runlocal")
+  config.data_dir = str(tmp_path / "tfds")
+  workdir = tmp_path / "w"
+  busy = f"--workdir={workdir} is in use by another run (pid {os.getpid()})"
+  with workdir_lib.lock(str(workdir)):
+    with pytest.raises(ev.EvaluationError, match=busy.replace("(", r"\(").replace(")", r"\)")):
+      interactive.run(config, str(workdir), progress=False)
+    with pytest.raises(ev.EvaluationError, match="is in use by another run"):
+      demo.run(demo.demo_config(), str(workdir), progress=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "simsam_jax.finetune",
+         "--config=configs/finetune.py:busi,runlocal", f"--workdir={workdir}",
+         f"--config.data_dir={tmp_path / 'tfds'}"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert busy in done.stderr and "Traceback" not in done.stderr
+  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE]
+  assert not (tmp_path / "tfds").exists()

@@ -8,9 +8,14 @@
 * `simsam_jax.evaluation.runner`: the batched, device-sharded program that
   runs SAM and every SimSAM variant on batches of images (`BatchRunner`),
   the prefetching loader and the batch-size rule of `--config.batch_size`.
+* `simsam_jax.evaluation.evaluator`: the evaluation run (`evaluate(config,
+  workdir)`) behind `python -m simsam_jax.evaluate`.
+* `simsam_jax.evaluation.plugins`: registries of per-image metrics and CSV
+  columns, report sections and figures, chosen by the config.
+* `simsam_jax.evaluation.methods`: the methods an evaluation compares.
 
 The package itself (metrics, statistics) is numpy / scipy only and does not
-import JAX; import `runner` explicitly.
+import JAX; import `runner`, `evaluator` and `plugins` explicitly.
 """
 
 from simsam_jax.evaluation.metrics import (BOTH_EMPTY_IS_ONE, DEFAULT_POLICY,

@@ -64,6 +64,8 @@ def method_configs(methods: Union[str, Any, Mapping[str, Mapping[str, Any]]], k:
       `overrides["base"]` (default: `name` when registered, else "simsam")
       with the other entries replacing `SimSamConfig` fields, e.g.
       `{"sam": {}, "simsam": {}, "k8_in_box": {"k": 8, "clicks_in_box": True}}`.
+      Methods keep the mapping's order (a `ConfigDict` sorts its keys unless
+      built with `sort_keys=False`).
     k, seed: `config.k` and `config.seed`, given to the registered methods.
   """
   if hasattr(methods, "to_dict"):  # an ml_collections ConfigDict
