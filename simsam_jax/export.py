@@ -258,8 +258,9 @@ def export(checkpoint: str, method: str, image_size: Sequence[int], out: str, *,
            embed_weights: bool = True) -> dict[str, Any]:
   """Exports and writes `out` (and `out.weights.npz`); returns a summary.
 
-  Every argument is checked before the checkpoint is read; the files are
-  written atomically (all or none) at the end.
+  Every argument is checked before the checkpoint is read; nothing is
+  written until the program is exported, then each file atomically (the
+  weights file, when separate, before `out`).
 
   Raises:
     ExportError naming the bad flag; OSError when writing fails.
