@@ -47,6 +47,7 @@ compiled ahead of time so that the command can report per-stage timings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
@@ -407,9 +408,10 @@ def run_simsam(sam: LoadedSam, config: SimSamConfig, image: np.ndarray,
 
   aggregate, compile_ms["aggregate"] = _compiled(
       stages.aggregate, candidates, candidate_iou, first_low, first_iou,
-      clicks, labels, info=info)
+      clicks, labels, info=info, ground_truth=truth)
   output, timings["aggregate"] = _timed(
-      aggregate, candidates, candidate_iou, first_low, first_iou, clicks, labels)
+      functools.partial(aggregate, ground_truth=truth), candidates, candidate_iou,
+      first_low, first_iou, clicks, labels)
   output = jax.device_get(output)
   output = jax.tree.map(np.asarray, output)
   model_box = processing.apply_boxes(box_array.astype(np.float64),

@@ -577,6 +577,12 @@ def test_strategies_declare_ground_truth_at_registration():
     flat = int(np.argmax(np.asarray(truth).reshape(-1)))
     np.testing.assert_array_equal(np.asarray(out.clicks), [[flat % 37, flat // 37]] * 3)
     assert int(out.chosen) == int(np.asarray(truth).sum()) % 3
+    # segment's path: the separately compiled stages pass the ground truth on too
+    from simsam_jax import predictor
+    loaded = predictor.load_sam("random:tiny:11")
+    staged = predictor.run_simsam(loaded, config, image, tuple(int(v) for v in box), truth)
+    np.testing.assert_array_equal(np.asarray(staged.output.clicks), np.asarray(out.clicks))
+    assert int(staged.output.chosen) == int(out.chosen)
   finally:
     CLICK_STRATEGIES.unregister("truth_first")
     AGGREGATIONS.unregister("truth_count")
