@@ -36,7 +36,7 @@ def decisive_(model, pixels: np.ndarray, box_model, hyper_scale: float = 25.0):
     low, _ = nnx.merge(graphdef, state).decode(embedding, boxes=box)
     return low.mean()
 
-  value, grads = jax.value_and_grad(mean_logit)(state)
+  value, grads = jax.jit(jax.value_and_grad(mean_logit))(state)
   pure = nnx.to_pure_dict(grads)["mask_decoder"]["output_hypernetworks_mlps"][0]
   u = pure["layers"][len(pure["layers"]) - 1]["bias"]
   last.bias.set_value(b0 - value * u / jnp.sum(u * u))
