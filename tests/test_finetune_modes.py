@@ -1,7 +1,9 @@
 """Training modes `lora` and `full`, prompt schemes, the grain pipeline, processes.
 
 Small runs on the built `phantom/small` dataset (4 train images, 64-96 px)
-with random `tiny` weights (S = 160): a few steps each.
+with random `tiny` weights (S = 160): a few steps each, with a global batch
+of the 4 train images, so that every step sees the same data and the loss
+must fall.
 """
 
 import importlib.util
@@ -46,7 +48,7 @@ def _config(data_dir, **overrides):
   c.protocol = "native"
   c.split_scheme = "80_10_10"
   c.learning_rate = 3e-3
-  c.batch_size = 2
+  c.batch_size = 4  # the whole train split of phantom/small: every step sees the same images
   c.steps = STEPS
   c.loss = "dice_per_image"
   c.lora_rank = 4
@@ -72,12 +74,24 @@ def data_dir(tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent XLA cache: the resumed runs and subprocesses reuse the programs."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  previous = {n: getattr(jax.config, n) for n in names}
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
+  for n, v in previous.items():
+    jax.config.update(n, v)
+
+
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
   out = {}
   for mode, prompt in (("lora", "box"), ("full", "interactive")):
     workdir = str(tmp_path_factory.mktemp(mode) / "w")
-    config = _config(data_dir, mode=mode, prompt=prompt, num_rounds=2,
+    config = _config(data_dir, mode=mode, prompt=prompt, num_rounds=1,
                      lora_export="both", checkpoint_every_steps=2)
     out[mode] = (workdir, config, finetune(config, workdir, progress=False))
   return out
@@ -276,7 +290,7 @@ TWO_PROCESSES = textwrap.dedent("""
       print("NO_ERROR")
     except TrainingError as e:
       print("BATCH_ERROR", e)
-    config.batch_size = 2
+    config.batch_size = 4
     history = finetune(config, {workdir!r}, progress=False)
     print("LOSSES", json.dumps(history["step_losses"]))
 """)
