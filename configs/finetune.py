@@ -75,7 +75,7 @@ def get_config(arg: str = "busi"):
   c.lora_alpha = 8.0  # the adapters' output is scaled by alpha / rank
   c.lora_decoder = False  # also adapt the mask decoder's attention
   c.lora_export = "merged"  # "merged", "adapter" or "both"
-  c.remat = True  # full mode: rematerialise the encoder blocks
+  c.remat = True  # lora / full: rematerialise the encoder blocks (nnx.remat)
   c.steps = 0  # lora / full: total steps; 0 = epochs over the train split
   c.warmup_steps = 0  # linear lr warm-up before the linear decay
   c.data_threads = 2  # input pipeline threads (lora / full)

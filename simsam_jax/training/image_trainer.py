@@ -8,10 +8,11 @@ no embedding cache), decodes the configured prompts
   lora: only the `nnx.LoRAParam` adapters (`simsam_jax.training.lora`) on
         the encoder's attention (and the decoder's with `lora_decoder`);
         everything else frozen.
-  full: every `nnx.Param` (image encoder, prompt encoder, mask decoder);
-        with `remat`, each encoder block is rematerialised (`nnx.remat`):
-        its activations are recomputed in the backward pass instead of
-        stored.
+  full: every `nnx.Param` (image encoder, prompt encoder, mask decoder).
+
+With `remat` (both modes: LoRA's gradients flow back through every encoder
+block too), each encoder block is rematerialised (`nnx.remat`): its
+activations are recomputed in the backward pass instead of stored.
 
 Data: `simsam_jax.training.pipeline` (grain over `tfds.data_source`, or the
 endless phantom stream for `dataset="phantom_stream"`), deterministic;
@@ -152,11 +153,10 @@ def prepare_model(model, config: ConfigDict):
                         rngs=nnx.Rngs(int(config.seed)))
     except ValueError as e:
       raise base.TrainingError(str(e)) from None
-    return nnx.LoRAParam
   if config.get("remat", True):
     for block in model.image_encoder.blocks:
       block.__class__ = RematBlock
-  return nnx.Param
+  return nnx.LoRAParam if config.mode == "lora" else nnx.Param
 
 
 def _decay_mask(params) -> Any:
