@@ -64,6 +64,26 @@ def get_config(arg: str = "busi"):
   c.nsd_tolerance = 2.0  # validation NSD tolerance in pixels
   c.checkpoint_every_steps = 0  # 0: checkpoint after each epoch only
   c.cache_dir = ""  # embedding cache; "" = WORKDIR/embedding_cache
+  # Training mode (simsam_jax.training.image_trainer): "decoder" (SAM-FT on
+  # cached embeddings, the default), "lora" (adapters on the encoder's
+  # attention, base frozen) or "full" (every parameter, remat'd encoder).
+  c.mode = "decoder"
+  # Prompts: "box" (decoder mode's only one), "box_jitter" (0-19 px per side),
+  # "interactive" (box, then num_rounds clicks from the error region).
+  c.prompt = "box"
+  c.num_rounds = 0
+  c.lora_rank = 8
+  c.lora_alpha = 8.0  # the adapters' output is scaled by alpha / rank
+  c.lora_decoder = False  # also adapt the mask decoder's attention
+  c.lora_export = "merged"  # "merged", "adapter" or "both"
+  c.remat = True  # lora / full: rematerialise the encoder blocks (nnx.remat)
+  c.steps = 0  # lora / full: total steps; 0 = epochs over the train split
+  c.warmup_steps = 0  # linear lr warm-up before the linear decay
+  c.data_threads = 2  # input pipeline threads (lora / full)
+  # Augmentations of the image-reading modes (each a switch; masks follow).
+  c.augment = dict(hflip=False, vflip=False, rotate_degrees=0.0, scale=0.0, intensity=0.0)
+  c.architecture = None  # None = the checkpoint's; a SamConfig dict trains from scratch
+  c.init_seed = 0  # weights of a from-scratch model
   if "runlocal" in parts:
     c.checkpoint = "random:tiny"
     c.epochs = 2

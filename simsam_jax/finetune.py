@@ -39,7 +39,7 @@ def main(argv):
     print(f"simsam_jax.finetune: error: {e}", file=sys.stderr)
     return 1
   logging.info("exports: %s", history["exports"])
-  print(f"exported {history['exports']['last']} and {history['exports']['best']}")
+  print("exported " + " and ".join(history["exports"].values()))
   return 0
 
 

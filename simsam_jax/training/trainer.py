@@ -179,7 +179,11 @@ def make_optimizer(config: ConfigDict, total_steps: int,
     total_steps: steps over which the lr falls from `learning_rate` to 0.
     decay_mask: `weight_decay_mask(...)`, or None to decay every parameter.
   """
-  schedule = optax.linear_schedule(float(config.learning_rate), 0.0, max(total_steps, 1))
+  warmup = int(config.get("warmup_steps", 0))
+  schedule = optax.linear_schedule(float(config.learning_rate), 0.0, max(total_steps - warmup, 1))
+  if warmup > 0:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, float(config.learning_rate), warmup), schedule], [warmup])
   max_norm = float(config.max_grad_norm)
   return optax.chain(
       optax.clip_by_global_norm(max_norm) if max_norm > 0 else optax.identity(),
@@ -403,23 +407,33 @@ def _opt_dict(opt_state) -> dict[str, Any]:
   return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(opt_state))}
 
 
-def _save(manager, step: int, params, opt_state, meta: dict[str, Any]) -> None:
+def _save(manager, step: int, params, opt_state, meta: dict[str, Any],
+          name: str = "decoder") -> None:
+  """Saves {name: params, "optimizer": ...} and the JSON `meta` at `step`."""
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"decoder": params, "optimizer": _opt_dict(opt_state)}),
+      state=ocp.args.StandardSave({name: params, "optimizer": _opt_dict(opt_state)}),
       meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()
 
 
-def _restore(manager, step: int, params, opt_state):
+def _restore(manager, step: int, params, opt_state, name: str = "decoder"):
   """(params, opt_state, meta) at `step`, shaped and sharded like the inputs."""
-  target = {"decoder": params, "optimizer": _opt_dict(opt_state)}
+  target = {name: params, "optimizer": _opt_dict(opt_state)}
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           target)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   leaves = [restored.state["optimizer"][k] for k in sorted(restored.state["optimizer"])]
   opt = jax.tree.unflatten(jax.tree.structure(opt_state), leaves)
-  return restored.state["decoder"], opt, dict(restored.meta)
+  return restored.state[name], opt, dict(restored.meta)
+
+
+def close_outputs(writer, bar) -> None:
+  """Closes the TensorBoard writer and the progress bar (either may be None)."""
+  if writer is not None:
+    writer.close()
+  if bar is not None:
+    bar.close()
 
 
 # ----------------------------------------------------------------------------
@@ -438,7 +452,17 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
     "val": [id]} (after `config.split_scheme`)}.
   Raises:
     TrainingError: bad config or workdir, before any work.
+
+  `config.mode` other than "decoder" ("lora", "full") trains from images:
+  `simsam_jax.training.image_trainer.finetune_images`.
   """
+  from simsam_jax.training import image_trainer  # pylint: disable=import-outside-toplevel
+  if image_trainer.check_mode(config) != "decoder":
+    return image_trainer.finetune_images(config, workdir, progress)
+  if config.get("prompt", "box") != "box":
+    raise TrainingError(f"--config.prompt={config.prompt!r}: decoder mode trains on cached "
+                        "embeddings with the GT box only; use --config.prompt=box, or "
+                        "--config.mode=lora / full for other prompt schemes")
   protocol = validate_config(config)
   model, checkpoint_info = load_sam_model(config.checkpoint, config.get("precision", "float32"),
                                           config.get("attention_impl", "xla"))
@@ -562,10 +586,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       elif progress:
         print(message)
   finally:
-    if writer is not None:
-      writer.close()
-    if bar is not None:
-      bar.close()
+    close_outputs(writer, bar)
 
   # Exports: ordinary simsam_jax checkpoints.
   exports = {}

@@ -1,0 +1,117 @@
+r"""Training steps per second of the three modes: decoder, lora, full.
+
+  python benchmarks/train_modes.py                       # vit_b, batch 2, 1024
+  python benchmarks/train_modes.py --preset=tiny_1024 --steps=2 --modes=lora,full
+
+Not a test: builds the jitted train step of each mode exactly as the trainer
+does (`trainer.make_steps` for decoder on cached embeddings,
+`image_trainer.make_image_steps` for lora / full on images with box
+prompts), random weights, a random batch, and prints for each mode the
+compile time, the median step time over `--steps` steps (after one warm-up
+step), steps/s, the trainable parameters and the optimiser-state elements.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+_PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset (random weights).")
+_BATCH = flags.DEFINE_integer("batch", 2, "Global batch.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per mode (after one warm-up).")
+_MODES = flags.DEFINE_list("modes", ["decoder", "lora", "full"], "Modes to time.")
+_RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
+_REMAT = flags.DEFINE_boolean("remat", True, "full mode: nnx.remat on encoder blocks.")
+
+
+def _config(mode: str):
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
+  import finetune as finetune_config  # pylint: disable=import-outside-toplevel
+  c = finetune_config.get_config("busi")
+  c.mode, c.prompt, c.lora_rank, c.remat = mode, "box", _RANK.value, _REMAT.value
+  c.checkpoint = f"random:{_PRESET.value}"
+  return c
+
+
+def _size(tree) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree) if hasattr(x, "size")))
+
+
+def time_mode(mode: str) -> dict:
+  from simsam_jax.training import image_trainer, trainer  # pylint: disable=import-outside-toplevel
+  config = _config(mode)
+  model, _ = trainer.load_sam_model(config.checkpoint)
+  s, b = model.config.image_size, _BATCH.value
+  m = model.config.mask_input_size
+  g, c = model.config.image_embedding_size, model.config.prompt_embed_dim
+  mesh = trainer.make_mesh()
+  rep = NamedSharding(mesh, P())
+  rng = np.random.default_rng(0)
+  target = np.zeros((b, m, m), np.float32)
+  target[:, m // 4: m // 2, m // 4: 3 * m // 4] = 1.0
+  box = np.tile(np.array([[s / 4, s / 4, 3 * s / 4, s / 2]], np.float32), (b, 1))
+  if mode == "decoder":
+    graphdef, train_state, frozen_state = trainer.split_model(model)
+    params = jax.device_put(nnx.to_pure_dict(train_state), rep)
+    frozen = jax.device_put(nnx.to_pure_dict(frozen_state), rep)
+    tx = trainer.make_optimizer(config, 1000)
+    opt = tx.init(params)
+    step, _, _ = trainer.make_steps(graphdef, train_state, frozen_state, tx, 0.5, mesh)
+    emb = jnp.asarray(rng.standard_normal((b, g, g, c), np.float32))
+    args = lambda: (emb, jnp.asarray(box), jnp.asarray(target), jnp.ones((b,), jnp.float32))
+    run = lambda p, o: step(p, o, frozen, *args())
+  else:
+    trainable = image_trainer.prepare_model(model, config)
+    graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
+    params = jax.device_put(nnx.to_pure_dict(train_state), rep)
+    frozen = jax.device_put(nnx.to_pure_dict(frozen_state), rep)
+    tx = trainer.make_optimizer(config, 1000)
+    opt = tx.init(params)
+    step = image_trainer.make_image_steps(graphdef, train_state, frozen_state, tx, config,
+                                          mesh, s)
+    batch = {"pixels": jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32)),
+             "target": jnp.asarray(target), "valid": jnp.ones((b, m, m), jnp.float32),
+             "box": jnp.asarray(box)}
+    run = lambda p, o: step(p, o, frozen, batch, jax.random.PRNGKey(0))
+  trainable_n, opt_n = _size(params), _size(opt)
+  t0 = time.perf_counter()
+  params, opt, loss = run(params, opt)
+  jax.block_until_ready(loss)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(_STEPS.value):
+    t0 = time.perf_counter()
+    params, opt, loss = run(params, opt)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  return {"mode": mode, "compile_and_first_step_s": compile_s, "step_s": med,
+          "steps_per_s": 1.0 / med, "trainable": trainable_n, "optimizer_state": opt_n,
+          "times": times}
+
+
+def main(argv):
+  del argv
+  print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"load {os.getloadavg()[0]:.1f}; preset {_PRESET.value}, batch {_BATCH.value}")
+  print("mode     compile+1st(s)  step(s)  steps/s  trainable  optimizer_state")
+  for mode in _MODES.value:
+    r = time_mode(mode)
+    print(f"{r['mode']:8s} {r['compile_and_first_step_s']:14.1f} {r['step_s']:8.3f} "
+          f"{r['steps_per_s']:8.3f} {r['trainable']:10d} {r['optimizer_state']:16d}",
+          flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

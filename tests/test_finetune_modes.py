@@ -1,0 +1,326 @@
+"""Training modes `lora` and `full`, prompt schemes, the grain pipeline, processes.
+
+Small runs on the built `phantom/small` dataset (4 train images, 64-96 px)
+with random `tiny` weights (S = 160): a few steps each, with a global batch
+of the 4 train images, so that every step sees the same data and the loss
+must fall.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from simsam_jax.checkpoint import load_model
+from simsam_jax.data import loading
+from simsam_jax.simsam import pipeline as simsam_pipeline
+from simsam_jax import processing
+from simsam_jax.training import image_trainer, lora, pipeline, prompts
+from simsam_jax.training.trainer import TrainingError, finetune
+from simsam_jax.workdir import load_sam_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 4
+
+
+def _finetune_config():
+  spec = importlib.util.spec_from_file_location("cfg_finetune_modes",
+                                                REPO / "configs" / "finetune.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("phantom,runlocal")
+
+
+def _config(data_dir, **overrides):
+  c = _finetune_config()
+  c.builder_config = "small"
+  c.data_dir = data_dir
+  c.protocol = "native"
+  c.split_scheme = "80_10_10"
+  c.learning_rate = 3e-3
+  c.batch_size = 4  # the whole train split of phantom/small: every step sees the same images
+  c.steps = STEPS
+  c.loss = "dice_per_image"
+  c.lora_rank = 4
+  c.data_threads = 1
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _weights(model):
+  return _flat(nnx.to_pure_dict(nnx.state(model)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds_phantom"))
+  loading.prepare_builder("phantom", path, config="small")
+  return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent XLA cache: the resumed runs and subprocesses reuse the programs."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  previous = {n: getattr(jax.config, n) for n in names}
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
+  for n, v in previous.items():
+    jax.config.update(n, v)
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+  out = {}
+  for mode, prompt in (("lora", "box"), ("full", "interactive")):
+    workdir = str(tmp_path_factory.mktemp(mode) / "w")
+    config = _config(data_dir, mode=mode, prompt=prompt, num_rounds=1,
+                     lora_export="both", checkpoint_every_steps=2)
+    out[mode] = (workdir, config, finetune(config, workdir, progress=False))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Pieces.
+# ----------------------------------------------------------------------------
+
+
+def test_low_res_frame_matches_the_jax_version():
+  rng = np.random.default_rng(3)
+  for h, w in ((70, 93), (96, 64), (160, 160)):
+    mask = rng.random((h, w)) > 0.6
+    info = processing.ImageInfo((h, w), processing.preprocess_shape(h, w, 160), 160)
+    want = np.asarray(simsam_pipeline.binary_in_low_res_frame(jnp.asarray(mask), info, 40))
+    np.testing.assert_array_equal(pipeline.low_res_frame(mask, info), want)
+
+
+def test_box_jitter_is_the_published_rule():
+  # get_bounding_box(add_perturbation=True), transcribed: each side moves out
+  # by np.random.randint(0, 20), clipped to [0, W] and [0, H].
+  def published(box, h, w, d):
+    x0, y0, x1, y1 = box
+    return [max(0, x0 - d[0]), max(0, y0 - d[1]), min(w, x1 + d[2]), min(h, y1 + d[3])]
+
+  box = np.array([5, 30, 60, 70], np.float32)
+  for seed in range(20):
+    d = np.random.default_rng(seed).integers(0, 20, size=4)
+    got = pipeline.jitter_box(box, (80, 64), np.random.default_rng(seed))
+    assert got.tolist() == published(box.tolist(), 80, 64, d)
+    assert np.all(d < 20)
+
+
+def test_augmentations_move_mask_with_image():
+  image = np.zeros((50, 60, 3), np.uint8)
+  mask = np.zeros((50, 60), bool)
+  mask[10:20, 5:25] = True
+  image[mask] = 200
+  config = pipeline.AugmentConfig(hflip=True, vflip=True, rotate_degrees=15, scale=0.1)
+  for seed in range(6):
+    img, m = pipeline.augment(image, mask, config, np.random.default_rng(seed))
+    bright = img[..., 0] > 100
+    # The bright square and the mask stay aligned (bilinear vs nearest edges).
+    assert (bright ^ m).sum() <= 0.15 * m.sum()
+    assert 0.7 * mask.sum() < m.sum() < 1.4 * mask.sum()
+
+
+def test_error_click_reuses_error_regions():
+  target = np.zeros((12, 12), bool)
+  target[2:8, 2:8] = True
+  prediction = np.zeros((12, 12), bool)
+  prediction[2:8, 2:5] = True  # misses columns 5-7: a false negative
+  valid = np.ones((12, 12), bool)
+  for seed in range(10):
+    xy, label = prompts.error_click(jnp.asarray(prediction), jnp.asarray(target),
+                                    jnp.asarray(valid), jax.random.PRNGKey(seed))
+    x, y = int(xy[0]), int(xy[1])
+    assert int(label) == 1 and target[y, x] and not prediction[y, x]
+  prediction = target.copy()
+  prediction[9:11, 9:11] = True  # only a false positive
+  xy, label = prompts.error_click(jnp.asarray(prediction), jnp.asarray(target),
+                                  jnp.asarray(valid), jax.random.PRNGKey(0))
+  assert int(label) == 0 and prediction[int(xy[1]), int(xy[0])]
+  xy, label = prompts.error_click(jnp.asarray(target), jnp.asarray(target),
+                                  jnp.asarray(valid), jax.random.PRNGKey(0))
+  assert int(label) == -1 and xy.tolist() == [-1, -1]
+
+
+def test_lora_wraps_with_nnx_lora_and_merges():
+  model, _ = load_sam_model("random:tiny")
+  base = _weights(model)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 160, 160, 3))
+  before = model.encode_image(x)
+  names = lora.add_lora(model, 4, 8.0, rngs=nnx.Rngs(1))
+  assert names.count("qkv") == 3 and names.count("proj") == 3
+  attn = model.image_encoder.blocks[0].attn
+  assert isinstance(attn.qkv, nnx.LoRA) and isinstance(attn.qkv.lora_a, nnx.LoRAParam)
+  np.testing.assert_allclose(model.encode_image(x), before, atol=1e-6)  # B starts at 0
+  # Non-zero adapters: merged weights reproduce the wrapped model.
+  attn.qkv.lora_b[...] = jax.random.normal(jax.random.PRNGKey(2), attn.qkv.lora_b.shape)
+  wrapped = model.encode_image(x)
+  merged = lora.merge_lora(nnx.to_pure_dict(nnx.state(model)), 4, 8.0)
+  plain, _ = load_sam_model("random:tiny")
+  state = nnx.state(plain)
+  nnx.replace_by_pure_dict(state, merged)
+  nnx.update(plain, state)
+  np.testing.assert_allclose(plain.encode_image(x), wrapped, atol=1e-4)
+  changed = [k for k, v in _weights(plain).items() if not np.array_equal(v, base[k])]
+  assert changed == ["['image_encoder']['blocks'][0]['attn']['qkv']['kernel']"]
+  with pytest.raises(ValueError, match="lora_rank"):
+    lora.check_rank(plain, 25)
+  with pytest.raises(ValueError, match="lora_rank"):
+    lora.check_rank(plain, 0)
+
+
+# ----------------------------------------------------------------------------
+# Runs.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_loss_falls(runs, mode):
+  losses = runs[mode][2]["step_losses"]
+  assert len(losses) == STEPS and all(np.isfinite(losses))
+  assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+
+
+def test_lora_changes_only_the_adapters(runs):
+  workdir, config, history = runs["lora"]
+  base = _weights(load_sam_model(config.checkpoint)[0])
+  merged = _weights(load_model(os.path.join(workdir, "export", "last")))
+  assert merged.keys() == base.keys()
+  changed = {k for k in base if not np.array_equal(base[k], merged[k])}
+  assert changed, "nothing trained"
+  assert all(k.endswith("['kernel']") and ("['qkv']" in k or "['proj']" in k)
+             and k.startswith("['image_encoder']") for k in changed), changed
+  # The adapter export applied to its base equals the merged export.
+  applied = _weights(image_trainer.load_with_adapter(os.path.join(workdir, "export", "adapter"),
+                                                     config.checkpoint))
+  for k in base:
+    np.testing.assert_allclose(applied[k], merged[k], atol=1e-6, err_msg=k)
+  # Trainable state: the adapters only; optimiser state a small fraction of full mode's.
+  full = runs["full"][2]
+  assert history["trainable_parameters"] < 0.1 * full["trainable_parameters"]
+  assert history["optimizer_state_elements"] < 0.5 * full["optimizer_state_elements"]
+
+
+def test_full_changes_every_part(runs):
+  workdir, config, _ = runs["full"]
+  base = _weights(load_sam_model(config.checkpoint)[0])
+  trained = _weights(load_model(os.path.join(workdir, "export", "last")))
+  for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+    assert any(not np.array_equal(base[k], trained[k]) for k in base
+               if k.startswith(f"['{part}']")), part
+
+
+def test_adapter_refuses_another_base(runs):
+  workdir, _, _ = runs["lora"]
+  with pytest.raises(TrainingError, match="trained on base weights"):
+    image_trainer.load_with_adapter(os.path.join(workdir, "export", "adapter"),
+                                    "random:tiny:7")
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_kill_and_resume_is_bit_identical(runs, data_dir, tmp_path, monkeypatch, mode):
+  reference_dir, config, reference = runs[mode]
+  workdir = str(tmp_path / "killed")
+  original = image_trainer.base._save
+
+  class Killed(Exception):
+    pass
+
+  def save_then_die(manager, step, *args, **kwargs):
+    original(manager, step, *args, **kwargs)
+    if step == 2:
+      raise Killed()
+
+  monkeypatch.setattr(image_trainer.base, "_save", save_then_die)
+  with pytest.raises(Killed):
+    finetune(config, workdir, progress=False)
+  assert not os.path.exists(os.path.join(workdir, "export"))
+  monkeypatch.setattr(image_trainer.base, "_save", original)
+  resumed = finetune(config, workdir, progress=False)
+  assert resumed["step_losses"] == reference["step_losses"]
+  a = _weights(load_model(os.path.join(reference_dir, "export", "last")))
+  b = _weights(load_model(os.path.join(workdir, "export", "last")))
+  for k in a:
+    assert np.array_equal(a[k], b[k]), f"{k} differs after resume"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(mode="adapter"), "--config.mode='adapter': unknown mode"),
+    (dict(mode="full", prompt="points"), "--config.prompt='points': unknown prompt scheme"),
+    (dict(mode="decoder", prompt="interactive"), "decoder mode trains on cached"),
+    (dict(mode="lora", lora_rank=0), "--config.lora_rank=0"),
+    (dict(mode="lora", lora_rank=1000), "--config.lora_rank=1000"),
+])
+def test_bad_input_before_any_output(data_dir, tmp_path, overrides, match):
+  workdir = tmp_path / "w"
+  with pytest.raises(TrainingError, match=match):
+    finetune(_config(data_dir, **overrides), str(workdir), progress=False)
+  assert not workdir.exists() or not any(workdir.iterdir())
+
+
+TWO_PROCESSES = textwrap.dedent("""
+    import json, sys
+    import jax
+    sys.path.insert(0, {tests!r})
+    import test_finetune_modes as t
+    from simsam_jax.training.trainer import TrainingError, finetune
+    config = t._config({data_dir!r}, mode={mode!r}, prompt="interactive", num_rounds=1,
+                       distributed="localhost:{port},2,{index}", batch_size=3)
+    try:
+      finetune(config, {workdir!r} + "_bad", progress=False)
+      print("NO_ERROR")
+    except TrainingError as e:
+      print("BATCH_ERROR", e)
+    config.batch_size = 4
+    history = finetune(config, {workdir!r}, progress=False)
+    print("LOSSES", json.dumps(history["step_losses"]))
+""")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["full"])
+def test_two_processes_match_one(runs, data_dir, tmp_path, mode):
+  one = finetune(_config(data_dir, mode=mode, prompt="interactive", num_rounds=1),
+                 str(tmp_path / "one"), progress=False)
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESSES.format(tests=str(REPO / "tests"), data_dir=data_dir,
+                                                  mode=mode, port=port, index=i,
+                                                  workdir=str(tmp_path / "two"))],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  for out, _ in outs:
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()
+             if line.startswith(("LOSSES", "BATCH_ERROR", "NO_ERROR"))}
+    assert "not divisible by the 2 devices" in lines["BATCH_ERROR"]
+    np.testing.assert_allclose(json.loads(lines["LOSSES"]), one["step_losses"], atol=1e-5,
+                               rtol=0)
