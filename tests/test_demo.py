@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from simsam_jax import demo
@@ -48,7 +49,7 @@ def test_cli_writes_the_outputs_of_an_evaluation(cli_run):
       (i, m) for i in ids for m in methods)
   results = json.loads((workdir / "results.json").read_text())
   assert results["methods"] == methods and results["num_images"] == 4
-  assert results["checkpoint"]["random_weights"] is True
+  assert results["checkpoint"]["random_weights"] is False
   assert results["config"]["k"] == 6 and results["dataset"] == "phantom"
   table = (workdir / "table.md").read_text()
   for m in methods:
@@ -58,12 +59,24 @@ def test_cli_writes_the_outputs_of_an_evaluation(cli_run):
   assert (workdir / "tensorflow_datasets" / "phantom" / "small").is_dir()
 
 
-def test_cli_says_weights_are_random_and_what_to_run_next(cli_run):
+def test_cli_says_the_model_knows_phantoms_only_and_what_to_run_next(cli_run):
   workdir, proc = cli_run
-  assert "RANDOM WEIGHTS" in proc.stdout and "meaningless" in proc.stdout
+  assert "PHANTOM MODEL" in proc.stdout and "phantoms only" in proc.stdout
+  assert "RANDOM WEIGHTS" not in proc.stdout
   assert "python -m simsam_jax.convert" in proc.stdout
   assert "--config.checkpoint=checkpoints/sam_vit_b" in proc.stdout
   assert (workdir / "table.md").read_text() in proc.stdout
+
+
+def test_the_phantom_model_segments_phantoms(cli_run):
+  """The default model is trained: box-only SAM well above 80 % DSC."""
+  workdir, _ = cli_run
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["checkpoint"]["random_weights"] is False
+  assert results["checkpoint"]["path"] == demo.DEMO_CHECKPOINT
+  dsc = {m: float(np.mean([float(r["dsc"]) for r in _rows(workdir) if r["method"] == m]))
+         for m in ("sam", "simsam")}
+  assert dsc["sam"] >= 0.8 and dsc["simsam"] >= 0.8, dsc
 
 
 def test_console_is_clean_and_library_logs_go_to_the_workdir(cli_run):
@@ -78,12 +91,17 @@ def test_console_is_clean_and_library_logs_go_to_the_workdir(cli_run):
   assert f"Library logs: {workdir / 'logs' / 'demo.log'}" in proc.stdout
 
 
-def test_verbosity_brings_library_logs_back(tmp_path):
+def test_random_weights_still_run_and_say_so_and_verbosity_brings_logs_back(tmp_path):
   workdir = tmp_path / "run"
-  proc = _run_cli(f"--workdir={workdir}", *SMALL, "--config.methods=sam", "--verbosity=1")
+  proc = _run_cli(f"--workdir={workdir}", *SMALL, "--config.methods=sam",
+                  "--config.checkpoint=random:tiny_1024", "--verbosity=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "RANDOM WEIGHTS" in proc.stdout and "meaningless" in proc.stdout
+  assert "--config.checkpoint=checkpoints/sam_vit_b" in proc.stdout
   assert "Downloading and preparing dataset" in proc.stdout + proc.stderr
   assert not (workdir / "logs").exists()
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["checkpoint"]["random_weights"] is True
 
 
 def test_rerun_resumes_without_recomputing(cli_run):
