@@ -73,7 +73,12 @@ def save_checkpoint(dst: str, state: nnx.State, config: SamConfig,
   tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".tmp-", dir=parent)
   try:
     pure = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
-    checkpointer = ocp.StandardCheckpointer()
+    # The calling process writes alone (a process-local temporary folder): in a
+    # multi-process run no other process joins Orbax's barriers.
+    me = jax.process_index()
+    checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
     checkpointer.save(os.path.join(tmp, PARAMS), pure)
     checkpointer.wait_until_finished()
     sidecar = {

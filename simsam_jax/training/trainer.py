@@ -65,7 +65,11 @@ devices (`NamedSharding(mesh, P("data"))`); parameters and optimiser state
 are replicated (`P()`); the train step is one `jax.jit` over the split
 state. The batch size must be divisible by the device count.
 
-Multi-host (not exercised here; the code runs single-host): call
+Modes (`config.mode`): "decoder" is this module's SAM-FT; "lora" and "full"
+read images and train the encoder (`simsam_jax.training.image_trainer`,
+which runs across processes with `config.distributed`).
+
+Multi-host in decoder mode (not exercised here; the code runs single-host): call
 `jax.distributed.initialize()` first thing in every process, build the same
 mesh over `jax.devices()` (all hosts), let each host load only its slice of
 each global batch (rows `process_index * B / process_count` onwards) and
