@@ -18,6 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from simsam_jax import console
 from simsam_jax import workdir as workdir_lib
 from simsam_jax.data.common import DatasetError
 from simsam_jax.training.trainer import TrainingError, finetune
@@ -32,14 +33,16 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     print("simsam_jax.finetune: error: --config and --workdir are required", file=sys.stderr)
     return 1
-  try:
-    with workdir_lib.lock(_WORKDIR.value):  # one run per workdir
-      history = finetune(_CONFIG.value, _WORKDIR.value)
-  except (TrainingError, DatasetError, workdir_lib.WorkdirError) as e:
-    print(f"simsam_jax.finetune: error: {e}", file=sys.stderr)
-    return 1
-  logging.info("exports: %s", history["exports"])
-  print("exported " + " and ".join(history["exports"].values()))
+  with console.session(_WORKDIR.value, "finetune"):
+    try:
+      with workdir_lib.lock(_WORKDIR.value):  # one run per workdir
+        history = finetune(_CONFIG.value, _WORKDIR.value)
+    except (TrainingError, DatasetError, workdir_lib.WorkdirError) as e:
+      print(f"simsam_jax.finetune: error: {e}", file=sys.stderr)
+      return 1
+    logging.info("exports: %s", history["exports"])
+    print("exported " + " and ".join(history["exports"].values()) + ". "
+          + console.where_logs_went())
   return 0
 
 

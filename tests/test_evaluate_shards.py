@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import pathlib
 import socket
 import subprocess
@@ -145,3 +146,8 @@ def test_two_jax_processes_share_the_work(data_dir, reference, tmp_path):
   assert (workdir / "table.md").read_text() == (ref_dir / "table.md").read_text()
   printed = "".join(out for out, _ in outputs)
   assert "| simsam |" in printed  # at least the last one printed the table
+  # library INFO logs (absl, TFDS, Orbax, jax.distributed) go to the workdir
+  console = printed + "".join(err for _, err in outputs)
+  assert not re.search(r"^I\d{4} ", console, re.M), console[-2000:]
+  assert "Downloading and preparing" not in console
+  assert (workdir / "logs" / "evaluate.log").stat().st_size > 0

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -577,6 +578,10 @@ def test_kill_and_resume_is_bit_identical(run, dataset, tmp_path):
   done = subprocess.run(command, cwd=REPO, env=_env(dataset["jax_cache"]),
                         capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
+  # the console: the progress bar and where files went; Orbax's INFO lines in logs/
+  assert not re.search(r"^I\d{4} ", done.stdout + done.stderr, re.M), done.stderr[-2000:]
+  assert "Library logs:" in done.stdout
+  assert "orbax" in open(os.path.join(workdir, "logs", "finetune.log")).read().lower()
   with open(os.path.join(workdir, "history.json")) as f:
     resumed = json.load(f)
   assert resumed["step_losses"] == reference["step_losses"]
