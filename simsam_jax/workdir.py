@@ -27,20 +27,27 @@ from simsam_jax.checkpoint.resolve import resolve_checkpoint
 from simsam_jax.modeling.policy import policy_from_flags
 
 
-def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla"):
+def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla",
+                   error: type[Exception] = ValueError):
   """(Sam, description) from a spec (`checkpoint.resolve.resolve_checkpoint`).
 
   `precision` ("float32" / "bfloat16") and `attention_impl` ("xla" /
   "cudnn") are checked first, before any weight is read.
 
   Raises:
-    ValueError naming `--config.precision`, `--config.attention_impl` or
-    `--config.checkpoint` (a bad preset or seed, an unusable folder).
+    `error` (the launcher's own error class) naming `--config.precision`,
+    `--config.attention_impl` or `--config.checkpoint` (a bad preset or
+    seed, an unusable folder).
   """
-  policy = policy_from_flags(precision, attention_impl,
-                             precision_flag="--config.precision",
-                             attention_impl_flag="--config.attention_impl")
-  return resolve_checkpoint(spec, policy, flag="--config.checkpoint")
+  try:
+    policy = policy_from_flags(precision, attention_impl,
+                               precision_flag="--config.precision",
+                               attention_impl_flag="--config.attention_impl")
+    return resolve_checkpoint(spec, policy, flag="--config.checkpoint")
+  except ValueError as e:
+    if error is ValueError:
+      raise
+    raise error(str(e)) from None
 
 
 write_atomic = fileio.write_atomic

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import functools
 import glob
 import io
 import json
@@ -64,12 +65,8 @@ class EvaluationError(ValueError):
 # ----------------------------------------------------------------------------
 
 
-def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla"):
-  """`simsam_jax.workdir.load_sam_model`, with errors as EvaluationError."""
-  try:
-    return workdir_lib.load_sam_model(spec, precision, attention_impl)
-  except ValueError as e:
-    raise EvaluationError(str(e)) from None
+# `simsam_jax.workdir.load_sam_model`, with errors as EvaluationError.
+load_sam_model = functools.partial(workdir_lib.load_sam_model, error=EvaluationError)
 
 
 # ----------------------------------------------------------------------------

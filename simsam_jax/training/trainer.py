@@ -81,6 +81,7 @@ every host sees, and only process 0 writes TensorBoard and exports.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -284,12 +285,8 @@ def validate(predict, params, frozen, split: train_data.SplitArrays,
 # ----------------------------------------------------------------------------
 
 
-def load_sam_model(spec: str, precision: str = "float32", attention_impl: str = "xla"):
-  """`simsam_jax.workdir.load_sam_model`, with errors as TrainingError."""
-  try:
-    return workdir_lib.load_sam_model(spec, precision, attention_impl)
-  except ValueError as e:
-    raise TrainingError(str(e)) from None
+# `simsam_jax.workdir.load_sam_model`, with errors as TrainingError.
+load_sam_model = functools.partial(workdir_lib.load_sam_model, error=TrainingError)
 
 
 write_atomic = workdir_lib.write_atomic
