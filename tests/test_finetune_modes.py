@@ -302,8 +302,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["full"])
-def test_two_processes_match_one(runs, data_dir, tmp_path, mode):
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_two_processes_match_one(data_dir, tmp_path, mode):
   one = finetune(_config(data_dir, mode=mode, prompt="interactive", num_rounds=1),
                  str(tmp_path / "one"), progress=False)
   port = _free_port()

@@ -5,11 +5,7 @@ Its sidecar records the training config and the phantom-test metrics that
 recorded check (SAM on 4 test phantoms) with the evaluation code.
 """
 
-import json
-import os
 import pathlib
-
-import pytest
 
 from simsam_jax.checkpoint import read_sidecar
 from simsam_jax.training import phantom_model

@@ -60,7 +60,6 @@ from ml_collections import ConfigDict
 
 from simsam_jax import profiles
 from simsam_jax.checkpoint import save_checkpoint
-from simsam_jax.checkpoint.store import read_sidecar
 from simsam_jax.modeling.config import SamConfig
 from simsam_jax.modeling.image_encoder import Block
 from simsam_jax.modeling.sam import build_sam
@@ -439,4 +438,4 @@ def load_with_adapter(adapter_dir: str, base_spec: str):
   return out
 
 
-__all__ = ["MODES", "finetune_images", "load_with_adapter", "read_sidecar"]
+__all__ = ["MODES", "finetune_images", "load_with_adapter"]
