@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -68,16 +69,27 @@ def record(checkpoint: str, data_dir: str, workdir: str) -> dict[str, Any]:
   return metrics
 
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The trained checkpoint folder.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data_dir.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Evaluation workdir.")
+def define_flags() -> None:
+  """--checkpoint, --data_dir, --workdir (only when run as a program, so that
+  importing this module defines no flag another launcher also defines)."""
+  flags.DEFINE_string("checkpoint", None, "The trained checkpoint folder.")
+  flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data_dir.")
+  flags.DEFINE_string("workdir", None, "Evaluation workdir.")
 
 
-def main(argv):
-  del argv
-  metrics = record(_CHECKPOINT.value, os.path.expanduser(_DATA_DIR.value), _WORKDIR.value)
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS.checkpoint or not FLAGS.workdir:
+    print("simsam_jax.training.phantom_model: error: --checkpoint and --workdir are required",
+          file=sys.stderr)
+    return 1
+  metrics = record(FLAGS.checkpoint, os.path.expanduser(FLAGS.data_dir), FLAGS.workdir)
   print(json.dumps(metrics, indent=2))
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
