@@ -18,11 +18,12 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from typing import Any, Iterator, Optional, Union
 
 from ml_collections import ConfigDict
 
-from simsam_jax import fileio
+from simsam_jax import console, fileio
 from simsam_jax.checkpoint.resolve import resolve_checkpoint
 from simsam_jax.modeling.policy import policy_from_flags
 
@@ -191,9 +192,14 @@ def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None
 
 
 def _remove_if_only_locks(workdir: str) -> None:
-  """Removes a workdir holding nothing but lock files (a refused run)."""
+  """Removes a workdir holding nothing but lock files and the refused run's
+  own library log (`console.LOG_DIR`, written once the lock made the folder)."""
   locks = _lock_files(workdir)
-  if len(locks) == len(os.listdir(workdir)):
+  logs = os.path.join(workdir, console.LOG_DIR)
+  others = set(os.listdir(workdir)) - {os.path.basename(p) for p in locks}
+  if others <= {console.LOG_DIR} and (not others or os.path.isdir(logs)):
     for path in locks:
       os.remove(path)
+    if others:
+      shutil.rmtree(logs)
     os.rmdir(workdir)

@@ -26,16 +26,18 @@ def import_official_modeling():
   The package's `__init__` imports the predictor, which needs torchvision;
   registering an empty package module first lets the modeling code import.
   """
-  if "segment_anything.modeling" in sys.modules:
-    return sys.modules["segment_anything.modeling"]
-  spec = importlib.util.find_spec("segment_anything")
-  if spec is None:
-    raise ImportError("segment-anything is not installed")
   if "segment_anything" not in sys.modules:
+    # (also when another test left only `segment_anything.modeling` behind:
+    # importing a further submodule would then run the real `__init__`)
+    spec = importlib.util.find_spec("segment_anything")
+    if spec is None:
+      raise ImportError("segment-anything is not installed")
     pkg = types.ModuleType("segment_anything")
     pkg.__path__ = list(spec.submodule_search_locations)
     pkg.__spec__ = spec  # keeps importlib.util.find_spec working for others
     sys.modules["segment_anything"] = pkg
+  if "segment_anything.modeling" in sys.modules:
+    return sys.modules["segment_anything.modeling"]
   import segment_anything.modeling as modeling  # noqa: E402
   return modeling
 
