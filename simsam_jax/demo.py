@@ -86,27 +86,26 @@ def demo_config() -> ConfigDict:
   return config
 
 
+def _banner(*lines: str) -> str:
+  rule = "=" * 78
+  return "\n".join([rule, *lines, rule])
+
+
 def random_weights_warning(checkpoint: str) -> str:
   """The banner printed when the model is randomly initialised."""
-  return "\n".join([
-      "=" * 78,
+  return _banner(
       f"RANDOM WEIGHTS: the model is a randomly initialised SAM ({checkpoint}).",
       "Its masks, and every number below, are meaningless: this run shows that",
-      "the pipeline works end to end and what an evaluation writes.",
-      "=" * 78,
-  ])
+      "the pipeline works end to end and what an evaluation writes.")
 
 
 def phantom_model_banner(checkpoint: str) -> str:
   """The banner printed when the model is the committed phantom model."""
-  return "\n".join([
-      "=" * 78,
+  return _banner(
       f"PHANTOM MODEL ({checkpoint}): a 1.8 M-parameter SAM",
       "trained from scratch on generated phantoms (configs/pretrain_phantom.py). It knows",
       "phantoms only: it is not a medical model, and its numbers say nothing",
-      "about SAM or SimSAM on real images.",
-      "=" * 78,
-  ])
+      "about SAM or SimSAM on real images.")
 
 
 def is_demo_model(checkpoint: str) -> bool:
