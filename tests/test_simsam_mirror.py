@@ -117,15 +117,17 @@ def test_same_candidates_give_the_same_choice(setup):
 
 def test_end_to_end_on_every_real_image(setup):
   engine = setup["engine"]
-  worst, nontrivial, ties, choices = {}, 0, [], set()
+  worst, nontrivial, ties, cutoff_ties, choices = {}, 0, [], [], set()
   for name, image, _, box in setup["samples"]:
     ref, info = _mirror(setup, image, box)
     out = engine.segment(image, box)
     assert np.asarray(out.mask).shape == ref["mask"].shape == (SIZE, SIZE)
     d = mirror.compare(out, ref, K)
     mirror.assert_matches(d, name)
-    if d["chosen"][0] != d["chosen"][1] or not d["same_clicks"]:
-      ties.append((name, d["chosen_score_gap"], d["cutoff_gap"]))
+    if d["chosen"][0] != d["chosen"][1]:
+      ties.append((name, d["chosen_score_gap"]))
+    if not d["same_clicks"]:
+      cutoff_ties.append((name, d["cutoff_gap"]))
     choices.add(d["chosen_index"][1])
     for key in ("mask_agreement", "label_agreement"):
       worst[key] = min(worst.get(key, 1.0), d[key])
@@ -135,10 +137,15 @@ def test_end_to_end_on_every_real_image(setup):
     print(f"{name}: agreement {d['mask_agreement']:.5f} chosen {d['chosen_index']} "
           f"logits {d['max_logit_delta']:.1e} first logits {d['first_logit_delta']:.1e} "
           f"cut-off gap {d['cutoff_gap']:.1e}")
-  print(f"over {len(setup['samples'])} images: {worst}; near-ties {ties}")
-  # Ties broken by rounding are rare; not every image picks candidate 0; most
-  # final masks have a boundary (not vacuous).
+  print(f"over {len(setup['samples'])} images: {worst}; choice ties {ties}; "
+        f"cut-off ties {cutoff_ties}")
+  # Each near-tie was explained above (assert_matches bounds its gap). How often
+  # float rounding reorders the K-th error depends on the CPU (CI saw 3 of 43
+  # images at gaps of 2-4e-6, this machine 0), so the count bound is loose for
+  # click cut-offs and tight for the final choice. Not every image picks
+  # candidate 0; most final masks have a boundary (not vacuous).
   assert len(ties) <= 0.05 * len(setup["samples"]), ties
+  assert len(cutoff_ties) <= 0.15 * len(setup["samples"]), cutoff_ties
   assert len(choices) > 1
   assert nontrivial >= 0.75 * len(setup["samples"]), nontrivial
 
