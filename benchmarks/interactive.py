@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from absl import app, flags
 
 # --preset, --repeats and --size are latency.py's flags (same meaning).
-from latency import _PRESET, _REPEATS, _SIZE, compile_ms, median_ms
+from latency import _PRESET, _REPEATS, _SIZE
+from timing import compile_ms, median_ms
 from simsam_jax import processing, synthetic
 from simsam_jax.modeling import build_sam, get_preset
 from simsam_jax.simsam import SimSam, SimSamConfig

@@ -29,8 +29,6 @@ import importlib.util
 import os
 import platform
 import sys
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from simsam_jax import processing, synthetic  # noqa: E402
 from simsam_jax.modeling import build_sam, get_preset  # noqa: E402
 from simsam_jax.simsam import SimSam, SimSamConfig, pipeline  # noqa: E402
+from timing import compile_ms, median_ms  # noqa: E402
 
 _PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset.")
 _KS = flags.DEFINE_list("ks", ["1", "10", "50", "100", "200"], "Values of K.")
@@ -54,23 +53,6 @@ _PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                                "Compute precision of the JAX model.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Also time SimSAM on this many images per call.")
 _SIZE = flags.DEFINE_integer("size", 256, "Side of the (square) input image.")
-
-
-def median_ms(fn, repeats):
-  """Median wall time in ms of `fn()` (which must block until done)."""
-  fn()  # warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
-
-
-def compile_ms(jitted, *args, **kwargs):
-  start = time.perf_counter()
-  jitted.lower(*args, **kwargs).compile()
-  return (time.perf_counter() - start) * 1e3
 
 
 def jax_timings(model, config, image, box, ks, repeats):

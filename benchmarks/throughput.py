@@ -30,7 +30,6 @@ import concurrent.futures
 import importlib.util
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -47,6 +46,7 @@ from simsam_jax.evaluation import metrics as metrics_lib  # noqa: E402
 from simsam_jax.evaluation import runner as runner_lib  # noqa: E402
 from simsam_jax.modeling import build_sam, get_preset  # noqa: E402
 from simsam_jax.simsam import SimSamConfig  # noqa: E402
+from timing import timed  # noqa: E402
 
 _PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset.")
 _N = flags.DEFINE_integer("num_images", 64, "Number of generated images.")
@@ -118,16 +118,8 @@ def device_batch_ms(runner: runner_lib.BatchRunner, entries, image_size: int, re
   items = list(runner_lib.prefetch(entries[:runner.batch_size],
                                    lambda example: by_id[example["id"]], image_size, seed=0))
   items = (items * runner.batch_size)[:runner.batch_size]
-  run = lambda: runner.fetch(runner.dispatch(items))
-  start = time.perf_counter()
-  run()
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times), compile_s
+  t = timed(lambda: runner.fetch(runner.dispatch(items)), repeats)
+  return t["median_s"] * 1e3, t["first_s"]
 
 
 def torch_pass(name: str, config, data, batch: int, k: int):
