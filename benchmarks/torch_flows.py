@@ -31,25 +31,11 @@ FLOWS = ("authors", "authors_bf16", "strong")
 
 def hf_model(config, attn: str = "eager"):
   """An HF `SamModel` with random weights and the architecture of `config`
-  (a `simsam_jax.modeling.SamConfig`)."""
-  from transformers import SamConfig as HFConfig, SamModel
+  (a `simsam_jax.modeling.SamConfig`; `checkpoint.hf_sam_config`)."""
+  from transformers import SamModel
 
-  c = config
-  v = config.encoder  # a ViTConfig
-  hf_config = HFConfig(
-      vision_config=dict(hidden_size=v.dim, output_channels=c.prompt_embed_dim,
-                         num_hidden_layers=v.depth,
-                         num_attention_heads=v.num_heads, image_size=c.image_size,
-                         patch_size=v.patch_size, window_size=v.window_size,
-                         global_attn_indexes=list(v.global_attn_indexes),
-                         mlp_dim=v.mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
-      prompt_encoder_config=dict(hidden_size=c.prompt_embed_dim, image_size=c.image_size,
-                                 patch_size=v.patch_size, mask_input_channels=c.mask_in_chans),
-      mask_decoder_config=dict(hidden_size=c.prompt_embed_dim, mlp_dim=c.decoder_mlp_dim,
-                               num_hidden_layers=c.decoder_depth,
-                               num_attention_heads=c.decoder_num_heads,
-                               iou_head_hidden_dim=c.iou_head_hidden_dim))
-  return SamModel._from_config(hf_config, attn_implementation=attn).eval()
+  from simsam_jax.checkpoint import hf_sam_config
+  return SamModel._from_config(hf_sam_config(config), attn_implementation=attn).eval()
 
 
 def torch_device():

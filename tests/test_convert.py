@@ -11,8 +11,8 @@ import torch
 from flax import nnx
 
 import torch_reference as tr
-from simsam_jax.checkpoint import (CheckpointError, convert_checkpoint, infer_config,
-                                   read_checkpoint)
+from simsam_jax.checkpoint import (CheckpointError, config_from_hf, convert_checkpoint,
+                                   hf_sam_config, infer_config, read_checkpoint)
 from simsam_jax.modeling import PRESETS, abstract_sam, get_preset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,22 @@ def test_every_preset_builds_abstractly(preset):
   model = abstract_sam(get_preset(preset))
   leaves = [v for _, v in nnx.to_flat_state(nnx.state(model))]
   assert leaves and all(np.dtype(v.get_value().dtype) == np.float32 for v in leaves)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_hf_config_round_trip(preset):
+  """Our config -> transformers.SamConfig -> config.json dict -> our config."""
+  config = get_preset(preset)
+  hf = hf_sam_config(config)
+  assert config_from_hf(hf.to_dict()) == config
+  assert hf.mask_decoder_config.layer_norm_eps == config.transformer_layer_norm_eps
+  if preset.startswith("tiny"):  # Hugging Face builds the same parameter shapes
+    from transformers import SamModel
+    ours = nnx.state(abstract_sam(config))
+    n_ours = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(ours))
+    n_hf = sum(p.numel() for n, p in SamModel(hf).state_dict().items()
+               if n != "shared_image_embedding.positional_embedding")  # a shared copy
+    assert n_hf == n_ours
 
 
 @pytest.mark.parametrize("preset,params", [("vit_b", 93_735_728), ("vit_l", 312_343_088),

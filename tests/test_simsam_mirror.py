@@ -7,11 +7,14 @@ two-block encoder). The hypernetwork output is scaled and balanced so masks
 are decisive and two-signed (`torch_reference.balance_single_mask_`).
 Images are the real samples, resized to 256 x 256 as the paper does, with
 the ground-truth extremity box. The mirror decodes the K candidates with a
-float64 copy of the same weights (a reference free of float32 rounding,
-which these random decoders amplify once the mask prompt is given). End to end, every image must give
-the same click set and labels, candidate logits within 1e-3 of their scale
-and the same
-chosen candidate; near-ties broken differently by float rounding are
+float64 copy of the same weights (most float32 rounding removed: these
+random decoders amplify it once the mask prompt is given). End to end, every
+image must give the same click set and labels, candidate logits within 1e-3
+of their scale, max(1, max |logit|) (up to ~250 here; the largest absolute
+difference seen is 6.7e-2, i.e. 2.7e-4 of the scale: float32 rounding
+amplified by the random, scaled hypernetwork, not a difference of the
+decoders, see test_candidate_conditioning.py and
+`simsam_mirror.assert_matches`) and the same chosen candidate; near-ties broken differently by float rounding are
 accepted only as such (`simsam_mirror.assert_matches`). Flipping the click
 labels must fail these checks by a wide margin (mutation test).
 """

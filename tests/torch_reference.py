@@ -9,6 +9,7 @@ hypernetwork output layers are scaled up to give decisive masks.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -17,6 +18,7 @@ import types
 import numpy as np
 import torch
 
+from simsam_jax.checkpoint import hf_sam_config
 from simsam_jax.modeling.config import SamConfig
 
 
@@ -73,34 +75,18 @@ def official_sam(config: SamConfig):
   return model.eval()
 
 
-def hf_config(config: SamConfig, transformer_eps: float = 1e-6):
-  from transformers import SamConfig as HFSamConfig
-  c = config
-  v = config.encoder  # a ViTConfig
-  return HFSamConfig(
-      vision_config=dict(
-          hidden_size=v.dim, output_channels=c.prompt_embed_dim,
-          num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
-          image_size=c.image_size, patch_size=v.patch_size,
-          window_size=v.window_size,
-          global_attn_indexes=list(v.global_attn_indexes),
-          mlp_dim=v.mlp_dim, num_pos_feats=c.prompt_embed_dim // 2),
-      prompt_encoder_config=dict(
-          hidden_size=c.prompt_embed_dim, image_size=c.image_size,
-          patch_size=v.patch_size, mask_input_channels=c.mask_in_chans),
-      mask_decoder_config=dict(
-          hidden_size=c.prompt_embed_dim, mlp_dim=c.decoder_mlp_dim,
-          num_hidden_layers=c.decoder_depth, num_attention_heads=c.decoder_num_heads,
-          attention_downsample_rate=c.attention_downsample_rate,
-          num_multimask_outputs=c.num_multimask_outputs,
-          iou_head_depth=c.iou_head_depth, iou_head_hidden_dim=c.iou_head_hidden_dim,
-          layer_norm_eps=transformer_eps),
-      attn_implementation="eager")
+def hf_sam(config: SamConfig, transformer_eps: float = 1e-6):
+  """HF `SamModel` of the architecture `config` (eager attention, eval mode).
 
-
-def hf_sam(config: SamConfig):
+  The two-way blocks' LayerNorm epsilon is `transformer_eps` (default 1e-6,
+  Hugging Face's own value, as in a distributed HF checkpoint), not the
+  official 1e-5 of the presets.
+  """
   from transformers import SamModel
-  return SamModel(hf_config(config)).eval()
+  hf_config = hf_sam_config(
+      dataclasses.replace(config, transformer_layer_norm_eps=transformer_eps),
+      attn_implementation="eager")
+  return SamModel(hf_config).eval()
 
 
 def randomize_(model: torch.nn.Module, seed: int, hyper_scale: float = 25.0):
@@ -185,7 +171,7 @@ def official_to_hf_state(sd: dict, config: SamConfig) -> dict:
   return out
 
 
-def balance_single_mask_(model, pixels, boxes):
+def balance_single_mask_(model, pixels, boxes, embeddings=None):
   """Makes the single-mask output of a random official SAM two-signed.
 
   Random weights give single-mask logits of one sign almost everywhere (the
@@ -198,6 +184,8 @@ def balance_single_mask_(model, pixels, boxes):
   Args:
     pixels: list of (1, 3, S, S) preprocessed images.
     boxes: list of (4,) boxes in the model frame.
+    embeddings: optional list of the images' (1, C, G, G) embeddings by
+      `model.image_encoder` (which this does not change), to skip encoding.
   """
   captured = {}
   hooks = [
@@ -208,8 +196,9 @@ def balance_single_mask_(model, pixels, boxes):
   ]
   hs, us = [], []
   with torch.no_grad():
-    for pix, box in zip(pixels, boxes):
-      emb = model.image_encoder(torch.as_tensor(pix))
+    for i, (pix, box) in enumerate(zip(pixels, boxes)):
+      emb = (model.image_encoder(torch.as_tensor(pix)) if embeddings is None
+             else embeddings[i])
       sparse, dense = model.prompt_encoder(
           points=None, boxes=torch.as_tensor(box, dtype=torch.float32)[None], masks=None)
       model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
@@ -236,12 +225,17 @@ def paired_models(config: SamConfig, seed: int = 0, hyper_scale: float = 25.0,
   official = randomize_(official_sam(config), seed, hyper_scale)
   if balance_on is not None:
     balance_single_mask_(official, *balance_on)
+  return official, hf_twin(official, config)
+
+
+def hf_twin(official, config: SamConfig):
+  """HF SamModel (`hf_sam(config)`) holding the weights of `official`."""
   hf = hf_sam(config)
   missing, unexpected = hf.load_state_dict(
       official_to_hf_state(official.state_dict(), config), strict=False)
   assert not unexpected, unexpected
   assert not missing, missing
-  return official, hf
+  return hf
 
 
 def save_official_pth(model, path: str) -> str:

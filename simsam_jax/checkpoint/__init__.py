@@ -2,7 +2,8 @@
 
 from simsam_jax.checkpoint.converter import convert_tensors, model_leaves, to_state
 from simsam_jax.checkpoint.sources import (CheckpointError, SourceCheckpoint, config_from_hf,
-                                           infer_config, read_checkpoint)
+                                           config_to_hf, hf_sam_config, infer_config,
+                                           read_checkpoint)
 from simsam_jax.checkpoint.store import (DEFAULT_PROFILE, load_model, read_sidecar,
                                          save_checkpoint)
 
@@ -34,6 +35,7 @@ def convert_checkpoint(src_path: str, dst: str, profile: str = DEFAULT_PROFILE) 
   return read_sidecar(dst)
 
 
-__all__ = ["CheckpointError", "SourceCheckpoint", "config_from_hf", "convert_checkpoint",
-           "convert_tensors", "infer_config", "load_model", "model_leaves", "read_checkpoint",
-           "read_sidecar", "save_checkpoint", "to_state"]
+__all__ = ["CheckpointError", "SourceCheckpoint", "config_from_hf", "config_to_hf",
+           "convert_checkpoint", "convert_tensors", "hf_sam_config", "infer_config",
+           "load_model", "model_leaves", "read_checkpoint", "read_sidecar", "save_checkpoint",
+           "to_state"]

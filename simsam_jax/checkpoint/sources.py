@@ -241,3 +241,47 @@ def config_from_hf(cfg: dict[str, Any], path: str = "config.json",
         transformer_layer_norm_eps=m.get("layer_norm_eps", 1e-6))
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(path, [f"config.json is not a SAM config ({type(e).__name__}: {e})"]) from e
+
+
+def config_to_hf(config: SamConfig) -> dict[str, Any]:
+  """The Hugging Face `SamConfig` dict (config.json fields) of `config`.
+
+  The inverse of `config_from_hf`: `config_from_hf(config_to_hf(c)) == c`
+  for every config whose LayerNorm epsilons Hugging Face can express (the
+  final attention norm is 1e-5 and the mask-prompt / upscaling norms 1e-6
+  in both implementations). The encoder family's `to_hf` hook writes
+  `vision_config`. `transformer_layer_norm_eps` becomes the mask decoder's
+  `layer_norm_eps` as it is: the official architecture's 1e-5 (the presets)
+  stays 1e-5, where a Hugging Face checkpoint as distributed has 1e-6.
+
+  Raises:
+    ValueError when the encoder family has no Hugging Face port.
+  """
+  family = encoders.family_of(config.encoder)
+  if family.to_hf is None:
+    raise ValueError(f"the {family.name!r} image encoder family has no "
+                     "Hugging Face config writer")
+  c = config
+  return dict(
+      vision_config=family.to_hf(c.encoder, c.image_size, c.prompt_embed_dim),
+      prompt_encoder_config=dict(
+          hidden_size=c.prompt_embed_dim, image_size=c.image_size,
+          patch_size=c.encoder.stride, mask_input_channels=c.mask_in_chans,
+          layer_norm_eps=1e-6),
+      mask_decoder_config=dict(
+          hidden_size=c.prompt_embed_dim, mlp_dim=c.decoder_mlp_dim,
+          num_hidden_layers=c.decoder_depth, num_attention_heads=c.decoder_num_heads,
+          attention_downsample_rate=c.attention_downsample_rate,
+          num_multimask_outputs=c.num_multimask_outputs,
+          iou_head_depth=c.iou_head_depth, iou_head_hidden_dim=c.iou_head_hidden_dim,
+          layer_norm_eps=c.transformer_layer_norm_eps))
+
+
+def hf_sam_config(config: SamConfig, **kwargs):
+  """A `transformers.SamConfig` of the architecture `config` (`config_to_hf`).
+
+  `kwargs` go to `transformers.SamConfig` (e.g. `attn_implementation`).
+  Needs transformers (not a dependency of simsam_jax; the test extra has it).
+  """
+  from transformers import SamConfig as HFSamConfig
+  return HFSamConfig(**config_to_hf(config), **kwargs)

@@ -15,7 +15,7 @@ A family is one module that defines:
     names; see `simsam_jax.checkpoint.key_tables`), a detection hook that says
     which naming convention a checkpoint's tensor names use when they are of
     this family, and hooks that infer the encoder config from the tensors or
-    from a Hugging Face `vision_config`,
+    from a Hugging Face `vision_config` (and, optionally, write one),
 
 and calls `register_encoder(EncoderFamily(...))`. The ViT of SAM
 (`encoders.vit`) is registered here; nothing else is edited to add a family.
@@ -90,6 +90,8 @@ class EncoderFamily:
       missing tensor or ValueError.
     from_hf: a Hugging Face `vision_config` dict -> (encoder config,
       image_size), or None when the family has no Hugging Face port.
+    to_hf: the inverse of `from_hf`: (encoder config, image_size,
+      output_channels) -> a Hugging Face `vision_config` dict, or None.
   """
 
   name: str
@@ -99,6 +101,7 @@ class EncoderFamily:
   detect: Callable[[frozenset], Optional[str]]
   infer: Callable[[Mapping[str, np.ndarray], str], tuple[EncoderConfig, Optional[int]]]
   from_hf: Optional[Callable[[Mapping[str, Any]], tuple[EncoderConfig, int]]] = None
+  to_hf: Optional[Callable[[EncoderConfig, int, int], dict[str, Any]]] = None
 
   def rules(self, naming: str) -> Rules:
     """Key rules for `naming`; ValueError when the family has none."""

@@ -3,7 +3,8 @@
 Registered as the encoder family "vit" (`simsam_jax.modeling.encoders`), with
 its config `ViTConfig` (`SamConfig.encoder`), the key rules of the official
 and Hugging Face tensor names (`checkpoint.key_tables.VIT_RULES`) and the
-hooks that detect the family and infer its config from a checkpoint.
+hooks that detect the family, infer its config from a checkpoint and write
+its Hugging Face `vision_config`.
 
 Mirrors `segment_anything/modeling/image_encoder.py` (`ImageEncoderViT`) and
 Hugging Face `SamVisionEncoder`. Feature maps are NHWC throughout.
@@ -312,6 +313,17 @@ def from_hf(v: Mapping[str, Any]) -> tuple[ViTConfig, int]:
   return config, v.get("image_size", 1024)
 
 
+def to_hf(config: ViTConfig, image_size: int, output_channels: int) -> dict[str, Any]:
+  """Hugging Face `SamVisionConfig` dict of `config` (the inverse of `from_hf`)."""
+  return dict(
+      hidden_size=config.dim, output_channels=output_channels,
+      num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
+      image_size=image_size, patch_size=config.patch_size,
+      window_size=config.window_size, global_attn_indexes=list(config.global_attn_indexes),
+      mlp_dim=config.mlp_dim, num_pos_feats=output_channels // 2,
+      layer_norm_eps=config.layer_norm_eps)
+
+
 def _key_rules():
   from simsam_jax.checkpoint.key_tables import VIT_RULES
   return VIT_RULES
@@ -319,4 +331,4 @@ def _key_rules():
 
 FAMILY = register_encoder(EncoderFamily(
     name="vit", module=ImageEncoder, config=ViTConfig, key_rules=_key_rules,
-    detect=detect, infer=infer, from_hf=from_hf))
+    detect=detect, infer=infer, from_hf=from_hf, to_hf=to_hf))
