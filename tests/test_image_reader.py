@@ -160,7 +160,7 @@ def test_eight_bit_images_read_alike_on_both_paths(shared_data, tmp_path):
     raw, _ = common.read_mask(_ref(shared_data / mask))
     truth = inputs.load_ground_truth(str(shared_data / mask), raw.shape)
     np.testing.assert_array_equal(truth, raw > 0)
-    assert 0.01 < truth.mean() < 0.9
+    assert 0.005 < truth.mean() < 0.9  # decisive: some foreground, mostly background
 
 
 def test_a_sixteen_bit_png_is_scaled_by_the_cli_and_refused_by_datasets(tmp_path):
