@@ -225,13 +225,14 @@ def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None
       for f, exclusive, _ in reversed(held):
         _release(f, exclusive)
     else:  # refused or failed: leave the folder as it was found
-      _clean_up(workdir, held, new_files if not created else None)
+      _clean_up(workdir, held, new_files, created)
 
 
-def _clean_up(workdir: str, held: list, new_files: Optional[list[str]]) -> None:
-  """After a refused or failed start: removes the lock files in `new_files`
-  (None: the workdir this call created, if it holds nothing but lock files
-  and the run's library log) that no other process holds, then releases."""
+def _clean_up(workdir: str, held: list, new_files: list[str], created: bool) -> None:
+  """After a refused or failed start: removes the workdir this call created
+  if it holds nothing but lock files and the run's library log, else the
+  lock files in `new_files`, each only when no other process holds it;
+  then releases."""
   files = {path: f for f, _, path in held}
   for f, exclusive, _ in held:  # keep them open (the locks) until removed
     if exclusive:
@@ -239,9 +240,7 @@ def _clean_up(workdir: str, held: list, new_files: Optional[list[str]]) -> None:
       f.truncate()
       f.flush()
   try:
-    if new_files is None:
-      _remove_if_only_locks(workdir, files)
-    else:
+    if not (created and _remove_if_only_locks(workdir, files)):
       _remove_free(new_files, files)
   finally:
     for f, _, _ in reversed(held):
@@ -256,9 +255,12 @@ def _take_free(paths: list[str], held: dict) -> Optional[list]:
     f = held.get(path)
     try:
       if f is None:
-        f = open(path, "a+")
+        f = open(path, "r+")  # never made again here
+    except FileNotFoundError:  # already removed by another process
+      continue
+    try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except (BlockingIOError, FileNotFoundError):
+    except BlockingIOError:
       if f is not None and path not in held:
         f.close()
       for g, p in taken:
@@ -283,20 +285,24 @@ def _remove_free(paths: list[str], held: dict) -> None:
         f.close()
 
 
-def _remove_if_only_locks(workdir: str, held: dict) -> None:
+def _remove_if_only_locks(workdir: str, held: dict) -> bool:
   """Removes a workdir holding nothing but lock files and the refused run's
   own library log (`console.LOG_DIR`, written once the lock made the folder),
   when no other process holds any of its lock files; a folder another
-  process has begun to use meanwhile is kept."""
+  process has begun to use meanwhile is kept. Returns whether it was
+  removed (or was gone already)."""
   locks = _lock_files(workdir)
   taken = _take_free(locks, held)
   if taken is None:  # another run holds the workdir: it is theirs now
-    return
+    return False
   try:
     logs = os.path.join(workdir, console.LOG_DIR)
-    others = set(os.listdir(workdir)) - {os.path.basename(p) for p in locks}
+    try:
+      others = set(os.listdir(workdir)) - {os.path.basename(p) for p in locks}
+    except FileNotFoundError:
+      return True
     if not (others <= {console.LOG_DIR} and (not others or os.path.isdir(logs))):
-      return
+      return False
     if others:
       shutil.rmtree(logs)
     for _, path in taken:
@@ -305,6 +311,7 @@ def _remove_if_only_locks(workdir: str, held: dict) -> None:
       os.rmdir(workdir)
     except OSError:  # another process made a lock file there just now
       pass
+    return True
   finally:
     for f, path in taken:
       if path not in held:

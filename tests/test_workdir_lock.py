@@ -149,3 +149,17 @@ def test_a_workdir_created_and_removed_in_a_loop_is_never_held_twice(tmp_path, s
     for name in os.listdir(workdir):
       with open(os.path.join(workdir, name)) as f:
         assert f.read() == ""
+
+
+@pytest.mark.parametrize("shard", [None, (0, 2)])
+def test_a_failed_run_keeps_what_it_wrote_and_drops_its_lock_files(tmp_path, shard):
+  workdir = tmp_path / "w"
+  with pytest.raises(RuntimeError):
+    with workdir_lib.lock(str(workdir), shard):
+      (workdir / "rows.csv").write_text("id\n")
+      raise RuntimeError("failed after writing")
+  assert os.listdir(workdir) == ["rows.csv"]
+  with pytest.raises(RuntimeError):  # nothing written: the new folder goes
+    with workdir_lib.lock(str(tmp_path / "v"), shard):
+      raise RuntimeError("failed at once")
+  assert not (tmp_path / "v").exists()
