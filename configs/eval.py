@@ -6,7 +6,8 @@ r"""Evaluation of SAM, SimSAM and the ablations of Table 1 (paper, Sec. 3).
 
 `arg` is `DATASET[,native][,runlocal]`: DATASET in busi, cvc_clinicdb,
 isic2016 (or any name or alias of `simsam_jax.data.registry`: phantom,
-nifti_folder, cvc612, ...); `native` evaluates at the original resolution (cleaned protocol)
+nifti_folder, cvc612, ..., or one a module of `--config.import_modules`
+registers: the command imports those modules before it reads this file); `native` evaluates at the original resolution (cleaned protocol)
 instead of the paper's 256 x 256; `runlocal` is a seconds-long smoke run
 (random `tiny_1024` weights, K = 4, 2 figures) for checking a setup.
 Every field can be overridden with `--config.FIELD=value`.

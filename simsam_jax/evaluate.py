@@ -44,7 +44,9 @@ Metrics, CSV columns, report sections and figures are plug-ins
 (`simsam_jax.evaluation.plugins`) chosen by `config.metrics`,
 `config.columns`, `config.reports` and `config.figures`;
 `--config.import_modules=my_module` imports a module that registers its own
-(and click strategies, aggregations, methods, datasets) first.
+(and click strategies, aggregations, methods, datasets) first, before the
+config file reads its argument: `--config=configs/eval.py:my_dataset
+--config.import_modules=my_module` evaluates a dataset `my_module` registers.
 `config.methods` is a comma-separated list of registered methods
 (`simsam_jax.evaluation.methods`) or, in a config file, a dict of
 `SimSamConfig` overrides: `{"sam": {}, "simsam": {}, "k8": {"k": 8}}`.
@@ -89,6 +91,7 @@ from simsam_jax.evaluation.evaluator import (  # noqa: F401
     owned_workdir, read_rows, record_config, render_table, resolve_shard, shard_files,
     software_versions, write_atomic, write_rows)
 from simsam_jax.evaluation.plugins import figure  # noqa: F401
+from simsam_jax.evaluation.plugins import import_modules_in_argv
 
 
 def define_flags() -> None:
@@ -120,6 +123,18 @@ def main(argv):
   return 0
 
 
+def import_user_modules(argv) -> None:
+  """Imports `--config.import_modules` before absl loads `--config=FILE:ARG`
+  (whose ARG may name a dataset such a module registers); a module that
+  cannot be imported ends the program with an error naming the flag."""
+  try:
+    import_modules_in_argv(argv)
+  except ValueError as e:
+    print(f"simsam_jax.evaluate: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
+  import_user_modules(sys.argv)
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

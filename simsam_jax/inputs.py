@@ -1,10 +1,11 @@
 """The image and ground truth to segment, from user values (`--image`, ...).
 
 * `load_input_image(spec, intensity, slice_index, axis)`: a file
-  (`processing.read_image`: PNG/JPEG/TIFF, NIfTI slice, DICOM) or a phantom
+  (`processing.read_image`, the one reader `read_file` under `CLI_IMAGE`:
+  PNG/JPEG/TIFF, NIfTI slice, DICOM) or a phantom
   (`synthetic[:SEED[:HxW]]`) -> `InputImage`.
-* `load_ground_truth(path, (H, W))`: a mask file (`processing.read_mask_gray`)
-  -> (H, W) bool, checked against the image size.
+* `load_ground_truth(path, (H, W))`: a mask file (`processing.read_file`,
+  `CLI_MASK`) -> (H, W) bool, checked against the image size.
 
 Errors are `PredictorError` naming the flag and the file.
 """
@@ -79,15 +80,11 @@ def load_input_image(spec: str, intensity: Optional[str] = None,
     raise PredictorError(f"--image={spec!r}: {error}") from None
 
 
-# PIL modes whose values are read as they are (one channel of any depth);
-# every other mode goes through `convert("L")`.
-
-
 def load_ground_truth(path: str, image_size: Tuple[int, int]) -> np.ndarray:
   """Reads `--ground_truth`, a mask image of the input image's size.
 
-  Decoded by `processing.read_mask_gray` (foreground is value > 0 after
-  conversion to grayscale).
+  Decoded by `processing.read_file` under `CLI_MASK` (foreground is value
+  > 0 after conversion to grayscale).
 
   Args:
     path: the mask file.
@@ -106,10 +103,10 @@ def load_ground_truth(path: str, image_size: Tuple[int, int]) -> np.ndarray:
   if not os.path.isfile(path):
     raise PredictorError(f"{flag}: not a file")
   try:
-    gray = processing.read_mask_gray(path)
-  # Decoders raise many unrelated types; all mean "cannot read this file".
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    raise PredictorError(f"{flag}: cannot read the mask: {error}") from None
+    gray = processing.read_file(path, processing.CLI_MASK).pixels
+  except ValueError as error:  # the decoder's own words, or not one 2-D image
+    detail = getattr(error, "cause", None) or error
+    raise PredictorError(f"{flag}: cannot read the mask: {detail}") from None
   height, width = image_size
   if gray.shape != (height, width):
     raise PredictorError(

@@ -246,7 +246,7 @@ def build_metadata(result: SamResult, sam: LoadedSam, image: InputImage,
   """The JSON written beside a SAM mask.
 
   Args:
-    result: `run_sam`'s result.
+    result: `Predictor.predict_timed`'s result.
     sam: the model that produced it (its `description` is copied).
     image: the input image.
     box: the box prompt used, (x0, y0, x1, y1) input-image pixels, or None.
@@ -309,7 +309,7 @@ def build_simsam_metadata(result: SimSamResult, config: SimSamConfig,
   iou_predictions one per candidate) plus the `simsam` block.
 
   Args:
-    result: `run_simsam`'s result.
+    result: `Predictor.simsam_timed`'s result.
     config: the configuration that produced it.
     sam: the model (its `description` is copied).
     image: the input image.
@@ -393,7 +393,7 @@ def write_outputs(result: Any, metadata: dict, out: str,
   All or nothing (`write_files_atomically`).
 
   Args:
-    result: `run_sam`'s or `run_simsam`'s result; `result.mask` (H, W) bool
+    result: `predict_timed`'s or `simsam_timed`'s result; `result.mask` (H, W) bool
       becomes a 0/255 PNG and `result.low_res_logits` (K, M, M) float32 the
       .npy.
     metadata: JSON-serialisable dict (`build_metadata`,

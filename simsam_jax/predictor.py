@@ -37,11 +37,11 @@ Differences from `segment_anything.SamPredictor.predict`, each deliberate:
   * Masks come back as numpy arrays: (C, H, W) bool, (C,) float32 and
     (C, M, M) float32 (M = 256 for the 1024 presets); no batch axis.
 
-The functions below are the library behind the `segment` command too:
-`load_sam` (a `LoadedSam`: compiled entry points, state, provenance),
-`with_profile`, `simsam_engine` (one cached `SimSam` per configuration),
-and `run_sam` / `run_simsam`, which run the same computations stage by stage
-compiled ahead of time so that the command can report per-stage timings.
+The `segment` command is a thin CLI over `Predictor`: `load_sam` (a
+`LoadedSam`: compiled entry points, state, provenance) builds the model and
+`Predictor.predict_timed` / `simsam_timed` run the same computations as
+`predict` / `simsam` stage by stage, compiled ahead of time, so that the
+command can report per-stage timings.
 """
 
 from __future__ import annotations
@@ -242,70 +242,6 @@ def model_prompts(box: Optional[Box], points: Sequence[Point],
   return boxes, point_coords, point_labels
 
 
-def run_sam(sam: LoadedSam, image: np.ndarray, box: Optional[Box],
-            points: Sequence[Point], multimask: bool) -> SamResult:
-  """Predicts one mask for one prompt set: preprocess, encode, decode.
-
-  Compiles `encode`, `decode` (ahead of time, `.lower(...).compile()`) and
-  the post-processing (a warm-up call) first, and times compilation apart
-  from the runs.
-
-  Args:
-    sam: the model (`load_sam`).
-    image: (H, W, 3) uint8 RGB, values 0-255.
-    box: (x0, y0, x1, y1) input-image pixels in [0, W] x [0, H], or None.
-    points: (x, y, label) input-image pixels, label 1 positive / 0
-      negative; may be empty when `box` is given. Points without a box are
-      padded with a not-a-point token by the prompt encoder, as in SAM.
-    multimask: False returns SAM's single mask; True its K ambiguity masks,
-      of which the one with the highest predicted IoU becomes `mask`.
-
-  Returns:
-    A `SamResult`.
-  """
-  if box is None and not points:
-    raise PredictorError("give a prompt: --box=x0,y0,x1,y1 and/or "
-                         "--point=x,y,label")
-  fns, state = sam.fns, sam.state
-  timings, compile_ms = {}, {}
-
-  profile = sam_profile(sam)
-  (pixels, info), timings["preprocess"] = _timed(
-      profile.preprocess, image, sam.config.image_size)
-  pixels = pixels[None]
-  boxes, point_coords, point_labels = model_prompts(box, points, info)
-
-  start = time.perf_counter()
-  encode = fns.encode.lower(state, pixels).compile()
-  compile_ms["encode"] = (time.perf_counter() - start) * 1e3
-  embedding_shape = jax.eval_shape(fns.encode, state, pixels)
-  start = time.perf_counter()
-  decode = fns.decode.lower(state, embedding_shape, point_coords, point_labels,
-                            boxes, None, multimask_output=multimask).compile()
-  compile_ms["decode"] = (time.perf_counter() - start) * 1e3
-
-  embedding, timings["encode"] = _timed(encode, state, pixels)
-  (logits, iou), timings["decode"] = _timed(
-      decode, state, embedding, point_coords, point_labels, boxes, None)
-  low_res_logits = np.asarray(logits[0, 0], np.float32)
-  iou_predictions = np.asarray(iou[0, 0], np.float32)
-  chosen_index = int(np.argmax(iou_predictions)) if multimask else 0
-
-  chosen = jnp.asarray(low_res_logits[chosen_index])
-  # "sam": `processing.postprocess_logits(chosen, info) > 0`.
-  _, compile_ms["postprocess"] = _timed(profile.masks,
-                                        jnp.zeros_like(chosen), info)
-  upscaled, timings["postprocess"] = _timed(profile.masks, chosen, info)
-  mask = np.asarray(upscaled)
-
-  return SamResult(
-      mask=mask, low_res_logits=low_res_logits,
-      iou_predictions=iou_predictions, chosen_index=chosen_index, info=info,
-      model_box=None if boxes is None else boxes[0, 0],
-      model_points=None if point_coords is None else point_coords[0, 0],
-      timings_ms=timings, compile_ms=compile_ms)
-
-
 @dataclasses.dataclass(frozen=True)
 class SimSamResult:
   """What one SimSAM prediction produced, from the engine's stages.
@@ -347,77 +283,6 @@ def _compiled(function: Callable, *args, **static) -> Tuple[Any, float]:
   start = time.perf_counter()
   executable = function.lower(*args, **static).compile()
   return executable, (time.perf_counter() - start) * 1e3
-
-
-def run_simsam(sam: LoadedSam, config: SimSamConfig, image: np.ndarray,
-               box: Box, ground_truth: Optional[np.ndarray] = None
-               ) -> SimSamResult:
-  """SimSAM on one image, stage by stage for per-stage timings.
-
-  Runs `SimSam.stages` (encode, first decode, click simulation + decode,
-  aggregation with the maps at the input resolution), each compiled ahead
-  of time and timed apart from its compilation. The result
-  equals the fused `simsam_engine(sam, config).run(...)` for the same inputs
-  (`tests/test_segment_simsam.py` checks it field by field).
-
-  Args:
-    sam: the model (`load_sam`).
-    config: a validated `SimSamConfig` (`parse_simsam_config`).
-    image: (H, W, 3) uint8 RGB, values 0-255.
-    box: (x0, y0, x1, y1) input-image pixels in [0, W] x [0, H], with an
-      area.
-    ground_truth: (H, W) bool or None; given to the click strategy (the
-      `oracle` strategy needs it).
-
-  Returns:
-    A `SimSamResult`.
-
-  Raises:
-    PredictorError: when the engine rejects the inputs (sizes, box, K).
-  """
-  engine = simsam_engine(sam, config)
-  stages, state = engine.stages, engine.state
-  timings, compile_ms = {}, {}
-
-  (pixels, info), timings["preprocess"] = _timed(
-      sam_profile(sam).preprocess, image, sam.config.image_size)
-  box_array = np.asarray(box, np.float32)
-  try:
-    engine.check(info, box_array, ground_truth)
-  except ValueError as error:
-    raise PredictorError(f"--method=simsam: {error}") from None
-  pixels = jnp.asarray(pixels, jnp.float32)
-  box_device = jnp.asarray(box_array)
-  truth = None if ground_truth is None else jnp.asarray(ground_truth, bool)
-  key = engine.default_key()
-
-  encode, compile_ms["encode"] = _compiled(stages.encode, state, pixels)
-  embedding, timings["encode"] = _timed(encode, state, pixels)
-
-  first, compile_ms["first_decode"] = _compiled(
-      stages.first, state, embedding, box_device, info=info)
-  (first_low, first_iou), timings["first_decode"] = _timed(
-      first, state, embedding, box_device)
-
-  simulate, compile_ms["simulate_and_decode"] = _compiled(
-      stages.simulate_and_decode, state, embedding, box_device, first_low, key,
-      truth, info=info)
-  decoded, timings["simulate_and_decode"] = _timed(
-      simulate, state, embedding, box_device, first_low, key, truth)
-  clicks, labels, candidates, candidate_iou = decoded
-
-  aggregate, compile_ms["aggregate"] = _compiled(
-      stages.aggregate, candidates, candidate_iou, first_low, first_iou,
-      clicks, labels, info=info, ground_truth=truth)
-  output, timings["aggregate"] = _timed(
-      functools.partial(aggregate, ground_truth=truth), candidates, candidate_iou,
-      first_low, first_iou, clicks, labels)
-  output = jax.device_get(output)
-  output = jax.tree.map(np.asarray, output)
-  model_box = processing.apply_boxes(box_array.astype(np.float64),
-                                     info.original_size, info.resized_size)
-  return SimSamResult(output=output, info=info, model_box=model_box,
-                      timings_ms=timings, compile_ms=compile_ms)
 
 
 # ----------------------------------------------------------------------------
@@ -632,6 +497,132 @@ class Predictor:
     except ValueError as error:
       raise PredictorError(f"--method=simsam: {error}") from None
     return jax.tree.map(np.asarray, jax.device_get(output))
+
+  def predict_timed(self, image: np.ndarray, box: Optional[Box], points: Sequence[Point],
+                    multimask: bool = False) -> SamResult:
+    """`set_image` + `predict` stage by stage, each stage timed (`segment`).
+
+    Compiles `encode`, `decode` (ahead of time, `.lower(...).compile()`) and
+    the post-processing (a warm-up call) first, and times compilation apart
+    from the runs. The image is not kept (`set_image` is not changed).
+
+    Args:
+      image: (H, W, 3) uint8 RGB, values 0-255.
+      box: (x0, y0, x1, y1) input-image pixels in [0, W] x [0, H], or None.
+      points: (x, y, label) input-image pixels, label 1 positive / 0
+        negative; may be empty when `box` is given. Points without a box are
+        padded with a not-a-point token by the prompt encoder, as in SAM.
+      multimask: False returns SAM's single mask; True its K ambiguity
+        masks, of which the one with the highest predicted IoU becomes
+        `mask`.
+
+    Returns:
+      A `SamResult`.
+    """
+    if box is None and not points:
+      raise PredictorError("give a prompt: --box=x0,y0,x1,y1 and/or "
+                           "--point=x,y,label")
+    fns, state = self.sam.fns, self.sam.state
+    timings, compile_ms = {}, {}
+
+    profile = self.profile
+    (pixels, info), timings["preprocess"] = _timed(
+        profile.preprocess, image, self.sam.config.image_size)
+    pixels = pixels[None]
+    boxes, point_coords, point_labels = model_prompts(box, points, info)
+
+    encode, compile_ms["encode"] = _compiled(fns.encode, state, pixels)
+    embedding_shape = jax.eval_shape(fns.encode, state, pixels)
+    decode, compile_ms["decode"] = _compiled(
+        fns.decode, state, embedding_shape, point_coords, point_labels, boxes, None,
+        multimask_output=multimask)
+
+    embedding, timings["encode"] = _timed(encode, state, pixels)
+    (logits, iou), timings["decode"] = _timed(
+        decode, state, embedding, point_coords, point_labels, boxes, None)
+    low_res_logits = np.asarray(logits[0, 0], np.float32)
+    iou_predictions = np.asarray(iou[0, 0], np.float32)
+    chosen_index = int(np.argmax(iou_predictions)) if multimask else 0
+
+    chosen = jnp.asarray(low_res_logits[chosen_index])
+    # "sam": `processing.postprocess_logits(chosen, info) > 0`.
+    _, compile_ms["postprocess"] = _timed(profile.masks, jnp.zeros_like(chosen), info)
+    upscaled, timings["postprocess"] = _timed(profile.masks, chosen, info)
+    mask = np.asarray(upscaled)
+
+    return SamResult(
+        mask=mask, low_res_logits=low_res_logits,
+        iou_predictions=iou_predictions, chosen_index=chosen_index, info=info,
+        model_box=None if boxes is None else boxes[0, 0],
+        model_points=None if point_coords is None else point_coords[0, 0],
+        timings_ms=timings, compile_ms=compile_ms)
+
+  def simsam_timed(self, image: np.ndarray, box: Box, config: SimSamConfig,
+                   ground_truth: Optional[np.ndarray] = None) -> SimSamResult:
+    """`set_image` + `simsam` stage by stage, each stage timed (`segment`).
+
+    Runs `SimSam.stages` (encode, first decode, click simulation + decode,
+    aggregation with the maps at the input resolution), each compiled ahead
+    of time and timed apart from its compilation. The result equals the
+    fused `SimSam.run` for the same inputs (`tests/test_segment_simsam.py`
+    checks it field by field). The image is not kept.
+
+    Args:
+      image: (H, W, 3) uint8 RGB, values 0-255.
+      box: (x0, y0, x1, y1) input-image pixels in [0, W] x [0, H], with an
+        area.
+      config: a validated `SimSamConfig` (`prompts.parse_simsam_config`).
+      ground_truth: (H, W) bool or None; given to the click strategy (the
+        `oracle` strategy needs it).
+
+    Returns:
+      A `SimSamResult`.
+
+    Raises:
+      PredictorError: when the engine rejects the inputs (sizes, box, K).
+    """
+    engine = simsam_engine(self.sam, config)
+    stages, state = engine.stages, engine.state
+    timings, compile_ms = {}, {}
+
+    (pixels, info), timings["preprocess"] = _timed(
+        self.profile.preprocess, image, self.sam.config.image_size)
+    box_array = np.asarray(box, np.float32)
+    try:
+      engine.check(info, box_array, ground_truth)
+    except ValueError as error:
+      raise PredictorError(f"--method=simsam: {error}") from None
+    pixels = jnp.asarray(pixels, jnp.float32)
+    box_device = jnp.asarray(box_array)
+    truth = None if ground_truth is None else jnp.asarray(ground_truth, bool)
+    key = engine.default_key()
+
+    encode, compile_ms["encode"] = _compiled(stages.encode, state, pixels)
+    embedding, timings["encode"] = _timed(encode, state, pixels)
+
+    first, compile_ms["first_decode"] = _compiled(
+        stages.first, state, embedding, box_device, info=info)
+    (first_low, first_iou), timings["first_decode"] = _timed(
+        first, state, embedding, box_device)
+
+    simulate, compile_ms["simulate_and_decode"] = _compiled(
+        stages.simulate_and_decode, state, embedding, box_device, first_low, key,
+        truth, info=info)
+    decoded, timings["simulate_and_decode"] = _timed(
+        simulate, state, embedding, box_device, first_low, key, truth)
+    clicks, labels, candidates, candidate_iou = decoded
+
+    aggregate, compile_ms["aggregate"] = _compiled(
+        stages.aggregate, candidates, candidate_iou, first_low, first_iou,
+        clicks, labels, info=info, ground_truth=truth)
+    output, timings["aggregate"] = _timed(
+        functools.partial(aggregate, ground_truth=truth), candidates, candidate_iou,
+        first_low, first_iou, clicks, labels)
+    output = jax.tree.map(np.asarray, jax.device_get(output))
+    model_box = processing.apply_boxes(box_array.astype(np.float64),
+                                       info.original_size, info.resized_size)
+    return SimSamResult(output=output, info=info, model_box=model_box,
+                        timings_ms=timings, compile_ms=compile_ms)
 
   def _groups(self, images) -> list[Tuple[processing.ImageInfo, list[int], np.ndarray]]:
     """Images -> [(geometry, indices, (B, S, S, 3) pixels)], one per size."""

@@ -46,6 +46,9 @@ Deliberate deviations from the PyTorch references, with their reasons:
 * Logit resizing uses `jax.image.resize(method="linear", antialias=False)`,
   which equals `F.interpolate(mode="bilinear", align_corners=False)` (half-pixel
   centres, edge samples clamped) up to float32 rounding (~1e-6).
+* `read_file` is the one image and mask reader (the command line,
+  `Predictor` and the dataset builders), its `ReadPolicy` saying what each
+  needs: `CLI_IMAGE`, `CLI_MASK`, `DATASET_IMAGE`, `DATASET_MASK`.
 * `load_image` drops an alpha channel (the pixel values under it are kept, as
   OpenCV's `imread` does for the official demo); HF's `convert_to_rgb`
   composites RGBA onto white instead. EXIF orientation is *not* applied, so
@@ -531,22 +534,6 @@ def apply_intensity(pixels: np.ndarray, policy: Optional[IntensityPolicy],
 # ----------------------------------------------------------------------------
 
 
-def _to_rgb(image: np.ndarray, path: PathLike) -> np.ndarray:
-  """(H, W), (H, W, 1|2|3|4) uint8 array -> (H, W, 3) uint8 RGB."""
-  if image.ndim == 3 and image.shape[-1] in (2, 4):  # Gray+alpha or RGBA.
-    image = image[..., :-1]
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  if image.ndim == 2:
-    image = np.repeat(image[..., None], 3, axis=-1)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"{path}: expected a single 2-D grayscale, RGB or RGBA "
-                     f"image, got an array of shape {image.shape}")
-  if image.shape[0] == 0 or image.shape[1] == 0:
-    raise ValueError(f"{path}: the image is empty, shape {image.shape}")
-  return np.ascontiguousarray(image)
-
-
 def decode_tiff(source) -> np.ndarray:
   """The one TIFF decoder (images and masks, files and archive members).
 
@@ -593,102 +580,258 @@ def tiff_size(source) -> Tuple[int, int]:
 
 # One channel of more than 8 bits (or float): read as they are.
 _PIL_MODES_DEEP = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+# ITU-R 601-2 luma, the weights of PIL's `convert("L")`.
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
-def _read_with_pil(path: PathLike) -> np.ndarray:
-  with Image.open(path) as image:
+@dataclasses.dataclass(frozen=True)
+class ReadPolicy:
+  """What `read_file` makes of a file: the needs of one kind of caller.
+
+  Attributes:
+    kind: "image" (pixels for the model, (H, W, 3) uint8 RGB) or "mask"
+      (one channel, (H, W)).
+    deep: samples of more than 8 bits, signed or float (16-bit PNG/TIFF,
+      float TIFF, NIfTI/DICOM): "scale" (images: brought to 0-255 by the
+      intensity policy, `apply_intensity`; masks: read as they are) or
+      "reject" (`ReadError`, never rescaled silently: the dataset protocol).
+    mask_channels: for masks, how colour becomes one channel: "luma"
+      (ITU-R 601-2 grey as float64: Pillow's `convert("L")` for what Pillow
+      reads, rounded; the same weights unrounded for TIFFs; alpha ignored)
+      or "max" (uint8, the raw values kept for a protocol's own threshold:
+      mode `1` -> {0, 255}, `L`/`P` the stored values (palette indices for
+      `P`), `LA` its `L`, colour the maximum over its colour channels).
+    medical: whether `.nii`/`.nii.gz` and `.dcm` files are read (through
+      `simsam_jax.medical`; paths only).
+  """
+  kind: str
+  deep: str = "scale"
+  mask_channels: str = "luma"
+  medical: bool = False
+
+
+# The command line and `Predictor` (`--image`, `--ground_truth`).
+CLI_IMAGE = ReadPolicy("image", deep="scale", medical=True)
+CLI_MASK = ReadPolicy("mask", deep="scale", mask_channels="luma")
+# The dataset builders (`simsam_jax.data.common`): 8-bit only, raw masks.
+DATASET_IMAGE = ReadPolicy("image", deep="reject")
+DATASET_MASK = ReadPolicy("mask", deep="reject", mask_channels="max")
+
+
+class ReadError(ValueError):
+  """A file `read_file` cannot read; the message names the file.
+
+  Attributes:
+    problem: "decode" (the decoder failed: `cause`), "deep" (more than 8
+      bits under `deep="reject"`: `mode`, the PIL mode, or `dtype`, the
+      decoded TIFF dtype) or "shape" (not one 2-D image: `shape`).
+    cause, mode, dtype, shape: as above (None when not concerned).
+  """
+
+  def __init__(self, message: str, problem: str, cause: Optional[Exception] = None,
+               mode: Optional[str] = None, dtype: Optional[str] = None,
+               shape: Optional[Tuple[int, ...]] = None):
+    super().__init__(message)
+    self.problem, self.cause = problem, cause
+    self.mode, self.dtype, self.shape = mode, dtype, shape
+
+
+def _decode_pil(source, policy: ReadPolicy, name: str) -> Tuple[np.ndarray, str]:
+  """Pillow's decoding under `policy`: (array, the file's PIL mode)."""
+  with Image.open(source) as image:
     image.load()  # Decodes now, so truncated files fail here.
-    if image.mode in _PIL_MODES_DEEP:
-      return np.asarray(image)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-      image = image.convert("RGBA")
-      return np.asarray(image)[..., :3]
-    if image.mode == "P" and "transparency" in image.info:
-      return np.asarray(image.convert("RGBA"))[..., :3]
-    return np.asarray(image.convert("RGB"))
+    mode = image.mode
+    if mode in _PIL_MODES_DEEP:
+      if policy.deep == "reject":
+        raise ReadError(f"{policy.kind} {name} has PIL mode {mode}; only 8-bit "
+                        f"{policy.kind}s are supported", "deep", mode=mode)
+      return np.asarray(image), mode
+    if policy.kind == "image":  # Alpha dropped without compositing.
+      return np.asarray(image.convert("RGB")), mode
+    if policy.mask_channels == "luma":
+      return np.asarray(image if mode in ("1", "L") else image.convert("L")), mode
+    if mode == "LA":
+      return np.asarray(image.getchannel(0)), mode
+    if mode not in ("1", "L", "P", "RGB", "RGBA"):
+      image = image.convert("RGB")
+    return np.asarray(image), mode
+
+
+def _as_image(array: np.ndarray, policy: ReadPolicy, intensity: Optional[IntensityPolicy],
+              name: str) -> Tuple[np.ndarray, str, str]:
+  """Decoded pixels -> ((H, W, 3) uint8 RGB, policy applied, source dtype)."""
+  if array.ndim == 3 and array.shape[-1] in (2, 4):  # Drop alpha first.
+    array = array[..., :-1]
+  dtype = str(array.dtype)
+  if policy.deep == "reject":
+    if array.dtype == np.bool_:
+      array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+      raise ReadError(f"image {name} has {dtype} samples; only 8-bit images are supported "
+                      "(no silent rescaling)", "deep", dtype=dtype)
+    applied = INTENSITY_NONE
+  else:
+    array, applied = apply_intensity(array, intensity, name)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    array = np.repeat(array[..., None], 3, axis=-1)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ReadError(f"{name}: expected a single 2-D grayscale, RGB or RGBA image, got an "
+                    f"array of shape {array.shape}", "shape", shape=array.shape)
+  if array.shape[0] == 0 or array.shape[1] == 0:
+    raise ReadError(f"{name}: the image is empty, shape {array.shape}", "shape",
+                    shape=array.shape)
+  return np.ascontiguousarray(array), applied, dtype
+
+
+def _as_mask(array: np.ndarray, mode: Optional[str], policy: ReadPolicy,
+             name: str) -> Tuple[np.ndarray, str]:
+  """Decoded mask -> ((H, W) float64 grey or uint8 raw, PIL mode)."""
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if mode is None:  # A TIFF: named as Pillow would name it.
+    mode = "L" if array.ndim == 2 else "RGB"
+  if policy.mask_channels == "luma":
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # Drop the alpha channel.
+      array = array[..., :-1]
+    if array.ndim == 3 and array.shape[-1] == 1:
+      array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 3:
+      return array.astype(np.float64) @ _LUMA_WEIGHTS, mode
+    if array.ndim != 2:
+      raise ReadError(f"expected a single 2-D mask image, got an array of shape "
+                      f"{array.shape}", "shape", shape=array.shape)
+    return array.astype(np.float64), mode
+  if array.dtype == np.bool_:
+    array = array.astype(np.uint8) * 255
+  elif array.dtype != np.uint8:
+    raise ReadError(f"mask {name} has {array.dtype} samples; only 8-bit images are "
+                    "supported (no silent rescaling)", "deep", dtype=str(array.dtype))
+  if array.ndim == 3:
+    array = array[..., :3].max(axis=-1)
+  if array.ndim != 2:
+    raise ReadError(f"mask {name} has unsupported shape {array.shape}", "shape",
+                    shape=array.shape)
+  return np.ascontiguousarray(array), mode
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedImage:
-  """An image file as the model sees it, with what was learnt reading it.
+  """An image (or mask) file as `read_file` read it, with what was learnt.
 
   Attributes:
-    pixels: (H, W, 3) uint8 RGB, values 0-255.
+    pixels: an image: (H, W, 3) uint8 RGB, values 0-255; a mask: (H, W),
+      float64 grey ("luma") or uint8 raw ("max"); see `ReadPolicy`.
     intensity: the intensity policy applied ("none" for 8-bit pixels kept
       as they are; see `apply_intensity`).
     dtype: the dtype of the decoded pixels (or voxels) before the policy.
     spacing: (row, column) pixel spacing in mm for NIfTI/DICOM, else None.
     volume: for a NIfTI slice, a `simsam_jax.medical.VolumeSlice` (shape,
       affine, axis and index, to write the mask back); else None.
+    mode: the PIL mode of the file (`"1"`, `"L"`, `"P"`, `"RGB"`, ...); for
+      a TIFF `"L"` (one sample) or `"RGB"` (several); None for NIfTI/DICOM.
   """
   pixels: np.ndarray
   intensity: str = INTENSITY_NONE
   dtype: str = "uint8"
   spacing: Optional[Tuple[float, float]] = None
   volume: Any = None
+  mode: Optional[str] = None
 
 
-def read_image(path: PathLike, intensity: Optional[IntensityPolicy] = None,
-               slice_index: Optional[int] = None,
-               axis: int = 2) -> LoadedImage:
-  """Reads an image file (or one slice of a volume) for the model.
+def read_file(source, policy: ReadPolicy, *, name: Optional[str] = None,
+              intensity: Optional[IntensityPolicy] = None,
+              slice_index: Optional[int] = None, axis: int = 2) -> LoadedImage:
+  """The one image and mask reader: a file as `policy` asks for it.
 
   PNG, JPEG and everything else Pillow reads go through Pillow; `.tif` /
-  `.tiff` through `tifffile` (Pillow cannot open CVC-ClinicDB's 3-sample
-  MinIsBlack TIFFs); `.nii` / `.nii.gz` and `.dcm` through nibabel and
-  pydicom (`simsam_jax.medical`, the `medical` extra). Pixels deeper than
-  8 bits, signed or float are brought to 0-255 by `intensity`
-  (`apply_intensity`: `minmax` by default). Grayscale is replicated to 3
-  channels, an alpha channel is dropped, EXIF orientation is not applied.
+  `.tiff` through `decode_tiff` (tifffile: any bit depth, planar storage;
+  Pillow cannot open CVC-ClinicDB's 3-sample MinIsBlack TIFFs); `.nii` /
+  `.nii.gz` and `.dcm` through nibabel and pydicom when `policy.medical`
+  (`simsam_jax.medical`, the `medical` extra). EXIF orientation is not
+  applied, so images stay aligned with masks stored without it. Images drop
+  an alpha channel without compositing and replicate grey to 3 channels;
+  masks become one channel as `policy.mask_channels` says.
 
   Args:
-    path: file path.
-    intensity: the policy (`parse_intensity`), or None for the default.
+    source: a path, or a binary file object (a zip member's bytes).
+    policy: `ReadPolicy` (`CLI_IMAGE`, `CLI_MASK`, `DATASET_IMAGE`,
+      `DATASET_MASK`).
+    name: the file named in messages, whose extension picks the decoder
+      (default: `source` as a path).
+    intensity: for images under `deep="scale"`, the policy
+      (`parse_intensity`), or None for the default (`minmax` for deep
+      pixels, 8-bit kept).
     slice_index: for a NIfTI volume, the slice to read (required for 3-D
       volumes); must be None for other files.
     axis: the NIfTI voxel axis `slice_index` runs along (0, 1 or 2).
 
   Raises:
+    ReadError: the decoder failed (truncated or not an image), deep
+      samples under `deep="reject"`, or not one 2-D image.
+    ValueError: NIfTI/DICOM errors, a slice asked of a 2-D image, non-finite
+      or constant deep pixels (`apply_intensity`); messages name the file.
+  """
+  name = os.fspath(source) if name is None else name
+  from simsam_jax import medical  # pylint: disable=import-outside-toplevel
+  kind = medical.medical_kind(name) if policy.medical else None
+  if kind is None and slice_index is not None:
+    raise ValueError(f"{name}: --slice only applies to NIfTI volumes "
+                     "(.nii, .nii.gz)")
+  suffix = os.path.splitext(name)[1].lower()
+  spacing = volume = mode = None
+  try:
+    if kind == medical.NIFTI:
+      volume = medical.read_nifti_slice(source, slice_index, axis)
+      array, spacing = volume.pixels, volume.spacing
+    elif kind == medical.DICOM:
+      array, spacing = medical.read_dicom(source)
+    elif suffix in _TIFF_SUFFIXES:
+      array = decode_tiff(source)
+    else:
+      array, mode = _decode_pil(source, policy, name)
+  except medical.MedicalFormatError as error:
+    raise ValueError(f"{name}: {error}") from error
+  except ReadError:
+    raise
+  # Decoders raise many unrelated types (OSError, SyntaxError, ValueError,
+  # zlib.error, struct.error, ...); all mean "cannot read this file".
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise ReadError(f"cannot read {policy.kind} {name}: {error}", "decode",
+                    cause=error) from error
+  if policy.kind == "mask":
+    pixels, mode = _as_mask(array, mode, policy, name)
+    return LoadedImage(pixels=pixels, dtype=str(array.dtype), mode=mode)
+  pixels, applied, dtype = _as_image(array, policy, intensity, name)
+  if mode is None and kind is None:
+    mode = "L" if array.ndim == 2 or array.shape[-1] == 1 else "RGB"
+  return LoadedImage(pixels=pixels, intensity=applied, dtype=dtype, spacing=spacing,
+                     volume=None if volume is None else volume.without_pixels(),
+                     mode=mode)
+
+
+def read_image(path: PathLike, intensity: Optional[IntensityPolicy] = None,
+               slice_index: Optional[int] = None,
+               axis: int = 2) -> LoadedImage:
+  """`--image`: `read_file(path, CLI_IMAGE, ...)` after checking the path.
+
+  Pixels deeper than 8 bits, signed or float are brought to 0-255 by
+  `intensity` (`apply_intensity`: `minmax` by default).
+
+  Raises:
     FileNotFoundError: when `path` does not exist.
-    ValueError: when the file is not a readable image, is truncated, holds
-      non-finite or constant values, or a slice is asked of a 2-D image;
-      the message names the file.
+    ValueError: (`ReadError` among them) when the file is not a readable
+      image, is truncated, holds non-finite or constant values, or a slice
+      is asked of a 2-D image; the message names the file.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"image file not found: {path}")
   if not os.path.isfile(path):
     raise ValueError(f"not a file: {path}")
-  from simsam_jax import medical  # pylint: disable=import-outside-toplevel
-  kind = medical.medical_kind(path)
-  if kind is None and slice_index is not None:
-    raise ValueError(f"{path}: --slice only applies to NIfTI volumes "
-                     "(.nii, .nii.gz)")
-  suffix = os.path.splitext(path)[1].lower()
-  spacing = volume = None
-  try:
-    if kind == medical.NIFTI:
-      volume = medical.read_nifti_slice(path, slice_index, axis)
-      image, spacing = volume.pixels, volume.spacing
-    elif kind == medical.DICOM:
-      image, spacing = medical.read_dicom(path)
-    elif suffix in _TIFF_SUFFIXES:
-      image = decode_tiff(path)
-    else:
-      image = _read_with_pil(path)
-  except medical.MedicalFormatError as error:
-    raise ValueError(f"{path}: {error}") from error
-  # Decoders raise many unrelated types (OSError, SyntaxError, ValueError,
-  # zlib.error, struct.error, ...); all mean "cannot read this file".
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    raise ValueError(f"cannot read image {path}: {error}") from error
-  if image.ndim == 3 and image.shape[-1] in (2, 4):  # Drop alpha first.
-    image = image[..., :-1]
-  dtype = str(image.dtype)
-  image, applied = apply_intensity(image, intensity, path)
-  return LoadedImage(pixels=_to_rgb(image, path), intensity=applied,
-                     dtype=dtype, spacing=spacing,
-                     volume=None if volume is None else volume.without_pixels())
+  return read_file(path, CLI_IMAGE, intensity=intensity, slice_index=slice_index,
+                   axis=axis)
 
 
 def load_image(path: PathLike,
@@ -701,44 +844,12 @@ def load_image(path: PathLike,
   return read_image(path, intensity).pixels
 
 
-# PIL modes whose values are read as they are (one channel of any depth);
-# every other mode goes through `convert("L")`.
-_MASK_RAW_MODES = ("1", "L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-# ITU-R 601-2 luma, the weights of PIL's `convert("L")`.
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
-
-
-def _grayscale(array: np.ndarray) -> np.ndarray:
-  """(H, W) or (H, W, C) decoded pixels -> (H, W) float64 grayscale."""
-  if array.ndim == 3 and array.shape[-1] in (2, 4):  # Drop the alpha channel.
-    array = array[..., :-1]
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim == 3 and array.shape[-1] == 3:
-    return array.astype(np.float64) @ _LUMA_WEIGHTS
-  if array.ndim != 2:
-    raise ValueError(f"expected a single 2-D mask image, got an array of "
-                     f"shape {array.shape}")
-  return array.astype(np.float64)
-
-
 def read_mask_gray(path: PathLike) -> np.ndarray:
-  """A mask image file as (H, W) float64 grayscale (foreground: > 0).
-
-  Any image Pillow reads, or a TIFF (`decode_tiff`, any bit depth). Colour
-  images that Pillow reads go through its `convert("L")` (ITU-R 601-2 luma,
-  rounded), colour TIFFs through the same luma weights unrounded; alpha is
-  ignored; one-channel images of any depth are read as they are.
+  """`read_file(path, CLI_MASK).pixels`: a mask file as (H, W) float64
+  grayscale (foreground: > 0); one-channel images of any depth are read as
+  they are.
 
   Raises:
-    ValueError: when the file cannot be decoded or is not one 2-D image
-      (decoder errors are passed on as they come).
+    ReadError: when the file cannot be decoded or is not one 2-D image.
   """
-  path = os.fspath(path)
-  if path.lower().endswith(_TIFF_SUFFIXES):
-    return _grayscale(decode_tiff(path))
-  with Image.open(path) as picture:
-    picture.load()  # Decodes now, so truncated files fail here.
-    if picture.mode not in _MASK_RAW_MODES:
-      picture = picture.convert("L")
-    return _grayscale(np.asarray(picture))
+  return read_file(path, CLI_MASK).pixels

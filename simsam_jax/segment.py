@@ -70,9 +70,10 @@ Medical inputs:
   axis, slice, spacing, affine; null for 2-D files).
 
 This module only parses flags and chains the libraries: `prompts` (flag
-values), `inputs` (image, ground truth), `predictor` (model, `run_sam`,
-`run_simsam`) and `outputs` (files, JSON). `Predictor` refuses the same
-inputs with the same messages. Expected errors raise `SegmentError` (=
+values), `inputs` (image, ground truth), `Predictor` (the model;
+`predict_timed` / `simsam_timed`, the computations of `predict` / `simsam`
+stage by stage with per-stage timings) and `outputs` (files, JSON).
+`Predictor` refuses the same inputs with the same messages. Expected errors raise `SegmentError` (=
 `prompts.PredictorError`); `main` prints them as one line on stderr and
 exits with 1.
 """
@@ -82,14 +83,12 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
-import numpy as np
 from absl import app, flags, logging
 
 from simsam_jax import inputs, outputs, profiles, prompts
 from simsam_jax.checkpoint.resolve import CheckpointSpecError, describe_checkpoint
 from simsam_jax.modeling import ATTENTION_IMPLS, PRECISIONS, Policy
-from simsam_jax.predictor import (LoadedSam, Predictor, load_sam, parse_policy, run_sam,
-                                  run_simsam)
+from simsam_jax.predictor import Predictor, load_sam, parse_policy
 from simsam_jax.simsam import AGGREGATIONS, CLICK_STRATEGIES, MASK_PROMPTS, SimSamConfig
 
 METHODS = (outputs.METHOD_SAM, outputs.METHOD_SIMSAM)
@@ -241,42 +240,20 @@ def segment(*, checkpoint: str, image: str, out: str,
   else:
     prompts.check_prompts(parsed_box, parsed_points, image_size)
 
-  if sam is None:
-    sam = load_sam(checkpoint, policy)
-  sam = Predictor(sam, profile).sam
-  if sam.description["random_weights"]:
+  predictor = Predictor(load_sam(checkpoint, policy) if sam is None else sam, profile)
+  if predictor.description["random_weights"]:
     logging.warning("RANDOM WEIGHTS (%s): the mask is meaningless; use a "
                     "converted checkpoint folder for real segmentations.",
-                    sam.description["spec"])
+                    predictor.description["spec"])
   if method == outputs.METHOD_SAM:
-    return _segment_sam(sam, input_image, parsed_box, box_source,
-                        parsed_points, multimask, out, save_logits, overlay)
-  return _segment_simsam(sam, config, input_image, parsed_box, box_source,
-                         truth, truth_source, ground_truth, out, save_logits,
-                         overlay, save_debug, agreement)
-
-
-def _segment_sam(sam: LoadedSam, input_image: inputs.InputImage,
-                 box: Optional[prompts.Box], box_source: Optional[str],
-                 points: Sequence[prompts.Point], multimask: bool, out: str,
-                 save_logits: Optional[str], overlay: Optional[str]) -> dict:
-  """`segment` for --method=sam, after validation; returns the metadata."""
-  result = run_sam(sam, input_image.pixels, box, points, multimask)
-  return outputs.write_sam(result, sam, input_image, box, box_source, points,
-                           multimask, out, save_logits, overlay)
-
-
-def _segment_simsam(sam: LoadedSam, config: SimSamConfig,
-                    input_image: inputs.InputImage, box: prompts.Box,
-                    box_source: str, truth: Optional[np.ndarray],
-                    truth_source: Optional[str], truth_path: Optional[str],
-                    out: str, save_logits: Optional[str], overlay: Optional[str],
-                    save_debug: Optional[str], agreement: Optional[str]) -> dict:
-  """`segment` for --method=simsam, after validation; returns the metadata."""
-  result = run_simsam(sam, config, input_image.pixels, box, truth)
-  return outputs.write_simsam(result, config, sam, input_image, box, box_source,
-                              truth, truth_source, truth_path, out, save_logits,
-                              overlay, save_debug, agreement)
+    result = predictor.predict_timed(input_image.pixels, parsed_box, parsed_points,
+                                     multimask)
+    return outputs.write_sam(result, predictor.sam, input_image, parsed_box, box_source,
+                             parsed_points, multimask, out, save_logits, overlay)
+  result = predictor.simsam_timed(input_image.pixels, parsed_box, config, truth)
+  return outputs.write_simsam(result, config, predictor.sam, input_image, parsed_box,
+                              box_source, truth, truth_source, ground_truth, out,
+                              save_logits, overlay, save_debug, agreement)
 
 
 FLAGS = flags.FLAGS

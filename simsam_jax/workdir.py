@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from typing import Any, Iterator, Optional, Union
 
 from ml_collections import ConfigDict
@@ -90,39 +91,76 @@ def _shard_lock(workdir: str, index: int, num: int) -> str:
 
 def _holders(paths: list[str]) -> list[str]:
   """Pids recorded in those of the lock files `paths` that a live process
-  holds exclusively (unique, in order)."""
+  holds exclusively (unique, in order). A holder writes its pid just after
+  taking the lock, so an empty file is read again for a short while."""
   pids = []
   for path in paths:
-    try:
-      with open(path) as f:
-        try:  # no exclusive holder: a pid recorded there is stale
-          fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-          continue
-        except BlockingIOError:
-          pid = f.read().strip()
-    except OSError:
-      continue
-    if pid and pid not in pids:
-      pids.append(pid)
+    for _ in range(_PID_READS):
+      try:
+        with open(path) as f:
+          try:  # no exclusive holder: a pid recorded there is stale
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            break
+          except BlockingIOError:
+            pid = f.read().strip()
+      except OSError:
+        break
+      if pid:
+        if pid not in pids:
+          pids.append(pid)
+        break
+      time.sleep(_PID_READ_PAUSE_S)
   return pids
 
 
+_PID_READS, _PID_READ_PAUSE_S = 50, 0.01
+
+
 def _lock_files(workdir: str) -> list[str]:
-  return [os.path.join(workdir, n) for n in sorted(os.listdir(workdir))
+  try:
+    names = sorted(os.listdir(workdir))
+  except FileNotFoundError:
+    return []
+  return [os.path.join(workdir, n) for n in names
           if n == LOCK_FILE or n.startswith(LOCK_FILE + "-")]
 
 
-def _acquire(path: str, exclusive: bool, what: str, workdir: str):
-  """Opens and flocks `path` (non-blocking); records the pid when exclusive."""
-  f = open(path, "a+")
+def _is_current(f, path: str) -> bool:
+  """Whether the open lock file `f` is still the file named `path` (another
+  process may have removed it, or its folder, between our open and flock)."""
   try:
-    fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-  except BlockingIOError:
-    f.close()
-    pids = _holders(_lock_files(workdir) if what == "" else [path])
-    holder = f"pid {', '.join(pids)}" if pids else "pid unknown"
-    raise WorkdirBusy(f"--workdir={workdir}{what} is in use by another run ({holder}); "
-                      "wait for it to finish or use another workdir") from None
+    named = os.stat(path)
+  except FileNotFoundError:
+    return False
+  opened = os.fstat(f.fileno())
+  return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _acquire(path: str, exclusive: bool, what: str, workdir: str):
+  """Opens and flocks `path` (non-blocking); records the pid when exclusive.
+
+  A lock file is only ever removed by a process holding it exclusively, and
+  the lock is only trusted once `path` still names the locked file; else
+  (the file or the workdir was removed meanwhile) the folder and the file are
+  made again and the lock taken again.
+  """
+  while True:
+    os.makedirs(workdir, exist_ok=True)
+    try:
+      f = open(path, "a+")
+    except FileNotFoundError:  # the folder was removed just now
+      continue
+    try:
+      fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.close()
+      pids = _holders(_lock_files(workdir) if what == "" else [path])
+      holder = f"pid {', '.join(pids)}" if pids else "pid unknown"
+      raise WorkdirBusy(f"--workdir={workdir}{what} is in use by another run ({holder}); "
+                        "wait for it to finish or use another workdir") from None
+    if _is_current(f, path):
+      break
+    f.close()  # locked a removed file: nobody else will ever contend for it
   if exclusive:
     f.seek(0)
     f.truncate()
@@ -154,7 +192,10 @@ def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None
   A workdir that did not exist is created for its lock file and removed
   again when the body raises before writing anything else; a lock file this
   call created is removed again when the lock is refused or the body raises
-  (so a refused run leaves an existing folder as it was).
+  (so a refused run leaves an existing folder as it was). Only files nobody
+  holds are removed (each under an exclusive lock), and a folder another
+  process has begun to use is kept, so concurrent starts on one workdir never
+  take a lock file, or the folder, from under the run that won it.
 
   Args:
     workdir: the run's output folder.
@@ -166,13 +207,12 @@ def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir} exists and is not a folder")
   created = not os.path.exists(workdir)
-  os.makedirs(workdir, exist_ok=True)
   sharded = shard is not None and shard[1] > 1
   paths = [(os.path.join(workdir, LOCK_FILE), not sharded, "")]
   if sharded:
     index, num = shard
     paths.append((_shard_lock(workdir, index, num), True, f" shard {index} of {num}"))
-  new_files = {path for path, _, _ in paths if not os.path.exists(path)}
+  new_files = [path for path, _, _ in paths if not os.path.exists(path)]
   held = []  # (file, exclusive, path)
   ok = False
   try:
@@ -181,25 +221,98 @@ def lock(workdir: str, shard: Optional[tuple[int, int]] = None) -> Iterator[None
     yield
     ok = True
   finally:
-    if not ok:  # refused or failed: leave the folder as it was found
-      for _, exclusive, path in held:
-        if exclusive and path in new_files:  # nobody else can hold it
-          os.remove(path)
-    for f, exclusive, _ in reversed(held):
-      _release(f, exclusive)
-    if created and not ok:
-      _remove_if_only_locks(workdir)
+    if ok:
+      for f, exclusive, _ in reversed(held):
+        _release(f, exclusive)
+    else:  # refused or failed: leave the folder as it was found
+      _clean_up(workdir, held, new_files, created)
 
 
-def _remove_if_only_locks(workdir: str) -> None:
+def _clean_up(workdir: str, held: list, new_files: list[str], created: bool) -> None:
+  """After a refused or failed start: removes the workdir this call created
+  if it holds nothing but lock files and the run's library log, else the
+  lock files in `new_files`, each only when no other process holds it;
+  then releases."""
+  files = {path: f for f, _, path in held}
+  for f, exclusive, _ in held:  # keep them open (the locks) until removed
+    if exclusive:
+      f.seek(0)
+      f.truncate()
+      f.flush()
+  try:
+    if not (created and _remove_if_only_locks(workdir, files)):
+      _remove_free(new_files, files)
+  finally:
+    for f, _, _ in reversed(held):
+      f.close()
+
+
+def _take_free(paths: list[str], held: dict) -> Optional[list]:
+  """Exclusive locks on all of `paths` (those in `held`, already ours,
+  upgraded), or None (all given back) when another process holds one."""
+  taken = []
+  for path in paths:
+    f = held.get(path)
+    try:
+      if f is None:
+        f = open(path, "r+")  # never made again here
+    except FileNotFoundError:  # already removed by another process
+      continue
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      if f is not None and path not in held:
+        f.close()
+      for g, p in taken:
+        if p not in held:
+          g.close()
+      return None
+    if not _is_current(f, path):  # already removed by another process
+      if path not in held:
+        f.close()
+      continue
+    taken.append((f, path))
+  return taken
+
+
+def _remove_free(paths: list[str], held: dict) -> None:
+  """Removes each of `paths` that no other process holds."""
+  for path in paths:
+    taken = _take_free([path], held)
+    for f, p in taken or []:
+      os.remove(p)
+      if p not in held:
+        f.close()
+
+
+def _remove_if_only_locks(workdir: str, held: dict) -> bool:
   """Removes a workdir holding nothing but lock files and the refused run's
-  own library log (`console.LOG_DIR`, written once the lock made the folder)."""
+  own library log (`console.LOG_DIR`, written once the lock made the folder),
+  when no other process holds any of its lock files; a folder another
+  process has begun to use meanwhile is kept. Returns whether it was
+  removed (or was gone already)."""
   locks = _lock_files(workdir)
-  logs = os.path.join(workdir, console.LOG_DIR)
-  others = set(os.listdir(workdir)) - {os.path.basename(p) for p in locks}
-  if others <= {console.LOG_DIR} and (not others or os.path.isdir(logs)):
-    for path in locks:
-      os.remove(path)
+  taken = _take_free(locks, held)
+  if taken is None:  # another run holds the workdir: it is theirs now
+    return False
+  try:
+    logs = os.path.join(workdir, console.LOG_DIR)
+    try:
+      others = set(os.listdir(workdir)) - {os.path.basename(p) for p in locks}
+    except FileNotFoundError:
+      return True
+    if not (others <= {console.LOG_DIR} and (not others or os.path.isdir(logs))):
+      return False
     if others:
       shutil.rmtree(logs)
-    os.rmdir(workdir)
+    for _, path in taken:
+      os.remove(path)
+    try:
+      os.rmdir(workdir)
+    except OSError:  # another process made a lock file there just now
+      pass
+    return True
+  finally:
+    for f, path in taken:
+      if path not in held:
+        f.close()

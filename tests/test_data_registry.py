@@ -4,7 +4,11 @@ one message for an unknown name, and a new dataset added by one register call.""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from simsam_jax import synthetic
 from simsam_jax import evaluate as ev
 from simsam_jax.data import loading, protocols, registry
 from simsam_jax.data.builder import LocalBuilder, common_features
+from simsam_jax.evaluation import plugins
 from simsam_jax.evaluation.config import get_eval_config
 from simsam_jax.training import trainer
 
@@ -113,3 +118,53 @@ def test_a_registered_dataset_is_read_by_every_launcher(toy, tmp_path):
     rows = list(csv.DictReader(f))
   assert sorted((r["id"], r["method"]) for r in rows) == sorted(
       (f"toy_{i}", m) for i in range(3) for m in ("sam", "simsam"))
+
+
+USER_DATASET_MODULE = '''
+"""A user's dataset, registered at import (given to --config.import_modules)."""
+from simsam_jax.data import registry
+from test_data_registry import Toy
+
+registry.register(registry.DatasetSpec(name="toy", builder=Toy, aliases=("toy_set",)))
+'''
+
+
+def test_a_dataset_registered_by_an_imported_module_is_selected_by_name(tmp_path):
+  """`--config=configs/eval.py:ALIAS` names a dataset that the module of
+  `--config.import_modules` registers: absl loads the config file while it
+  parses `--config`, so the module is imported before."""
+  (tmp_path / "user_toy_module.py").write_text(USER_DATASET_MODULE)
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [str(repo), str(tmp_path), str(repo / "tests")]))
+
+  def evaluate(dataset, workdir, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "simsam_jax.evaluate", f"--config=configs/eval.py:{dataset}",
+         f"--workdir={workdir}", f"--config.data_dir={tmp_path / 'tfds'}",
+         "--config.checkpoint=random:tiny", "--config.k=2", "--config.methods=sam",
+         "--config.num_figures=0", "--config.reports=", *extra],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+  done = evaluate("toy_set", tmp_path / "run", "--config.import_modules=user_toy_module")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tmp_path / "run" / "results.json") as f:
+    results = json.load(f)
+  assert (results["dataset"], results["num_images"]) == ("toy", 3)
+  # An unknown name still gives the one message, which lists the user's
+  # dataset too; a module that cannot be imported is named.
+  sys.path.insert(0, str(tmp_path))
+  try:
+    assert plugins.import_modules_in_argv(
+        ["evaluate", "--config=configs/eval.py:kvasir", "--config.import_modules",
+         "user_toy_module"]) == ["user_toy_module"]
+    with pytest.raises(ValueError, match="unknown dataset 'kvasir'; registered datasets: "
+                       "busi.*toy \\(aliases toy_set\\)"):
+      get_eval_config("kvasir")
+    assert get_eval_config("toy_set,native").dataset == "toy"
+  finally:
+    sys.path.remove(str(tmp_path))
+    registry.unregister("toy")
+    sys.modules.pop("user_toy_module", None)
+  with pytest.raises(ValueError, match="--config.import_modules: cannot import 'nope'"):
+    plugins.import_modules_in_argv(["--config.import_modules=sam", "--config.import_modules=nope"])

@@ -11,7 +11,7 @@ corners, `> 0.5`.
 
 Ours: the same random weights saved as an official `.pth`, converted with
 `convert_checkpoint(..., profile="medsam")`, loaded by `predictor.load_sam`
-(the profile comes from the sidecar) and run by `predictor.run_sam` and the
+(the profile comes from the sidecar) and run by `Predictor.predict_timed` and the
 SimSAM engine. Preset `tiny_1024` (MedSAM's 1024 / 64 / 256 geometry with
 a two-block encoder); real sample images at their native sizes, boxes from
 their ground truth; the decoder is balanced on them so masks are decisive.
@@ -172,10 +172,10 @@ def test_low_res_logits_and_masks_match_medsam(setup):
 
 
 def test_segment_command_path_matches_medsam(setup):
-  """`predictor.run_sam` (the CLI's SAM path) under the sidecar's profile."""
-  sam = predictor.with_profile(setup["sam"], None)
+  """`Predictor.predict_timed` (the CLI's SAM path) under the sidecar's profile."""
+  sam = predictor.Predictor(setup["sam"])
   s = setup["samples"][0]
-  result = predictor.run_sam(sam, s["img_3c"], tuple(float(v) for v in s["box"]), [], False)
+  result = sam.predict_timed(s["img_3c"], tuple(float(v) for v in s["box"]), [], False)
   np.testing.assert_allclose(result.low_res_logits[0], s["logits"], atol=1e-4)
   np.testing.assert_array_equal(result.mask, s["seg"].astype(bool))
 

@@ -579,8 +579,8 @@ def test_strategies_declare_ground_truth_at_registration():
     assert int(out.chosen) == int(np.asarray(truth).sum()) % 3
     # segment's path: the separately compiled stages pass the ground truth on too
     from simsam_jax import predictor
-    loaded = predictor.load_sam("random:tiny:11")
-    staged = predictor.run_simsam(loaded, config, image, tuple(int(v) for v in box), truth)
+    loaded = predictor.Predictor(predictor.load_sam("random:tiny:11"))
+    staged = loaded.simsam_timed(image, tuple(int(v) for v in box), config, truth)
     np.testing.assert_array_equal(np.asarray(staged.output.clicks), np.asarray(out.clicks))
     assert int(staged.output.chosen) == int(out.chosen)
   finally:

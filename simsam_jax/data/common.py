@@ -11,9 +11,11 @@ what they share:
   relative to the `manual_dir` (`"Original/12.tif"`; a member of a zip is
   named like `zipfile.Path` names it, archive name then member path:
   `"ISBI2016_ISIC_Part1_Training_Data.zip/<member path>"`).
-* `read_image` / `read_mask` / `read_size`: decoding with Pillow, or with
-  `tifffile` for `.tif`/`.tiff` (Pillow cannot open CVC-ClinicDB's 3-sample
-  MinIsBlack TIFF frames).
+* `read_image` / `read_mask`: `processing.read_file`, the one reader of the
+  project, under its dataset policies (`DATASET_IMAGE`, `DATASET_MASK`):
+  Pillow, or `tifffile` for `.tif`/`.tiff` (Pillow cannot open
+  CVC-ClinicDB's 3-sample MinIsBlack TIFF frames); `read_size` reads the
+  header only.
 * `BadExamples`: the `on_bad_example="raise" | "skip"` policy; `skip` records
   every skipped file, nothing is dropped silently.
 
@@ -21,7 +23,8 @@ Deliberate choices, documented here once:
 
 * Images become (H, W, 3) uint8 RGB: grayscale (`L`, `P`) is replicated to 3
   channels, an alpha channel is dropped without compositing (what
-  `Image.convert("RGB")` does, so the paper's loaders see the same pixels).
+  `Image.convert("RGB")` does, so the paper's loaders see the same pixels);
+  a grey+alpha TIFF is read as grey, like a grey+alpha PNG.
 * Masks are stored RAW, single channel, uint8, so that every protocol can
   apply its own threshold (CVC-ClinicDB's grey noise: `> 0` vs `> 127`):
   mode `1` (1-bit PNG) becomes {0, 255}; `L` and `P` keep their stored values
@@ -188,25 +191,32 @@ def _open_pil(ref: FileRef) -> Image.Image:
   return Image.open(io.BytesIO(ref.read_bytes()))
 
 
-def _tiff_source(ref: FileRef):
+def _source(ref: FileRef):
+  """A path, or the bytes of a zip member."""
   if ref.member is None:
     return os.fspath(ref.path)
   return io.BytesIO(ref.read_bytes())
 
 
-def _read_tiff(ref: FileRef) -> np.ndarray:
+def _read(ref: FileRef, policy) -> "processing.LoadedImage":  # noqa: F821
+  """`processing.read_file(ref, policy)`; DatasetError naming the file."""
   from simsam_jax import processing  # pylint: disable=import-outside-toplevel
-  return processing.decode_tiff(_tiff_source(ref))
-
-
-def _check_uint8(array: np.ndarray, ref: FileRef, what: str) -> np.ndarray:
-  if array.dtype == np.bool_:
-    return array.astype(np.uint8) * 255
-  if array.dtype != np.uint8:
-    raise DatasetError(
-        f"{what} {ref.display} has {array.dtype} samples; only 8-bit images "
-        "are supported (no silent rescaling)", path=ref.display)
-  return array
+  what = policy.kind
+  try:
+    return processing.read_file(_source(ref), policy, name=ref.display)
+  except processing.ReadError as error:
+    if error.problem == "deep":
+      message = str(error)
+    elif error.problem == "shape":
+      message = f"{what} {ref.display} has unsupported shape {error.shape}"
+    else:
+      message = (f"cannot read {what} file {ref.display}: "
+                 f"{type(error.cause).__name__}: {error.cause}")
+    raise DatasetError(message, path=ref.display) from error
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise DatasetError(f"cannot read {what} file {ref.display}: "
+                       f"{type(error).__name__}: {error}",
+                       path=ref.display) from error
 
 
 def read_size(ref: FileRef) -> Tuple[int, int]:
@@ -218,7 +228,7 @@ def read_size(ref: FileRef) -> Tuple[int, int]:
   try:
     if ref.suffix in TIFF_SUFFIXES:
       from simsam_jax import processing  # pylint: disable=import-outside-toplevel
-      return processing.tiff_size(_tiff_source(ref))
+      return processing.tiff_size(_source(ref))
     with _open_pil(ref) as image:
       width, height = image.size
       return int(height), int(width)
@@ -229,7 +239,7 @@ def read_size(ref: FileRef) -> Tuple[int, int]:
 
 
 def read_image(ref: FileRef) -> np.ndarray:
-  """Decodes an image file as RGB.
+  """Decodes an image file as RGB (`processing.read_file`, `DATASET_IMAGE`).
 
   Args:
     ref: the file (PNG/JPEG through Pillow, TIFF through tifffile).
@@ -240,36 +250,13 @@ def read_image(ref: FileRef) -> np.ndarray:
   Raises:
     DatasetError: when the file cannot be decoded or is not 8-bit.
   """
-  try:
-    if ref.suffix in TIFF_SUFFIXES:
-      array = _read_tiff(ref)
-    else:
-      with _open_pil(ref) as image:
-        image.load()
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-          raise DatasetError(
-              f"image {ref.display} has PIL mode {image.mode}; only 8-bit "
-              "images are supported", path=ref.display)
-        array = np.asarray(image.convert("RGB"))
-  except DatasetError:
-    raise
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    raise DatasetError(f"cannot read image file {ref.display}: "
-                       f"{type(error).__name__}: {error}",
-                       path=ref.display) from error
-  array = _check_uint8(array, ref, "image")
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim == 2:
-    array = np.repeat(array[..., None], 3, axis=-1)
-  if array.ndim != 3 or array.shape[-1] not in (3, 4):
-    raise DatasetError(f"image {ref.display} has unsupported shape "
-                       f"{array.shape}", path=ref.display)
-  return np.ascontiguousarray(array[..., :3])
+  from simsam_jax import processing  # pylint: disable=import-outside-toplevel
+  return _read(ref, processing.DATASET_IMAGE).pixels
 
 
 def read_mask(ref: FileRef) -> Tuple[np.ndarray, str]:
-  """Decodes a mask file RAW, as one uint8 channel.
+  """Decodes a mask file RAW, as one uint8 channel
+  (`processing.read_file`, `DATASET_MASK`).
 
   Args:
     ref: the mask file.
@@ -283,39 +270,9 @@ def read_mask(ref: FileRef) -> Tuple[np.ndarray, str]:
   Raises:
     DatasetError: when the file cannot be decoded or is not 8-bit.
   """
-  try:
-    if ref.suffix in TIFF_SUFFIXES:
-      array = _read_tiff(ref)
-      if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-      mode = "L" if array.ndim == 2 else "RGB"
-    else:
-      with _open_pil(ref) as image:
-        image.load()
-        mode = image.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-          raise DatasetError(
-              f"mask {ref.display} has PIL mode {mode}; only 8-bit masks are "
-              "supported", path=ref.display)
-        if mode == "LA":
-          array = np.asarray(image.getchannel(0))
-        elif mode not in ("1", "L", "P", "RGB", "RGBA"):
-          array = np.asarray(image.convert("RGB"))
-        else:
-          array = np.asarray(image)
-  except DatasetError:
-    raise
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    raise DatasetError(f"cannot read mask file {ref.display}: "
-                       f"{type(error).__name__}: {error}",
-                       path=ref.display) from error
-  array = _check_uint8(array, ref, "mask")
-  if array.ndim == 3:
-    array = array[..., :3].max(axis=-1)
-  if array.ndim != 2:
-    raise DatasetError(f"mask {ref.display} has unsupported shape "
-                       f"{array.shape}", path=ref.display)
-  return np.ascontiguousarray(array), mode
+  from simsam_jax import processing  # pylint: disable=import-outside-toplevel
+  loaded = _read(ref, processing.DATASET_MASK)
+  return loaded.pixels, loaded.mode
 
 
 def merge_masks(masks: Sequence[Tuple[np.ndarray, str]]

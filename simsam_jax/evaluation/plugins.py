@@ -22,7 +22,9 @@ figures, each registered by name and chosen by the evaluation config.
 A user's module registers its own (and click strategies, aggregations,
 methods, datasets) at import; `--config.import_modules=my_module` (a
 comma-separated string or a list of module names on `sys.path`) imports it
-before the configuration is checked:
+before the configuration is checked (on the command line, before the
+config file resolves its argument, so `--config=configs/eval.py:MY_DATASET`
+accepts a dataset the module registers):
 
   # my_metrics.py
   from simsam_jax.evaluation.plugins import METRICS
@@ -152,6 +154,31 @@ def import_modules(value: Union[str, Sequence[str], None]) -> list[str]:
       raise ValueError(f"--config.import_modules: cannot import {name!r}: "
                        f"{type(e).__name__}: {e}") from None
   return modules
+
+
+IMPORT_MODULES_FLAG = "--config.import_modules"
+
+
+def import_modules_in_argv(argv: Sequence[str]) -> list[str]:
+  """Imports the modules that a command line's `--config.import_modules`
+  names (`=VALUE` or a separate `VALUE`; the last one given counts, as
+  absl's), before absl loads `--config=FILE:ARG`.
+
+  absl evaluates the config file's `get_config(ARG)` while it parses
+  `--config`, and applies the `--config.FIELD` overrides only afterwards; a
+  dataset that a user's module registers would be unknown to `ARG`
+  (`configs/eval.py:MY_DATASET`) without this. A `--flagfile` is not read.
+
+  Returns:
+    the module names imported. Raises ValueError as `import_modules`.
+  """
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(IMPORT_MODULES_FLAG + "="):
+      value = arg[len(IMPORT_MODULES_FLAG) + 1:]
+    elif arg == IMPORT_MODULES_FLAG and i + 1 < len(argv):
+      value = argv[i + 1]
+  return import_modules(value)
 
 
 def check(registry: Registry, value, field: str) -> list[str]:
