@@ -72,6 +72,9 @@ def get_config(arg: str = "busi"):
   # "interactive" (box, then num_rounds clicks from the error region).
   c.prompt = "box"
   c.num_rounds = 0
+  # interactive: the first prompt, "box", "point" (uniform in the GT mask) or
+  # "box_or_point" (SAM's recipe: each example draws one, probability 1/2).
+  c.first_prompt = "box"
   c.lora_rank = 8
   c.lora_alpha = 8.0  # the adapters' output is scaled by alpha / rank
   c.lora_decoder = False  # also adapt the mask decoder's attention

@@ -324,3 +324,91 @@ def test_two_processes_match_one(data_dir, tmp_path, mode):
     assert "not divisible by the 2 devices" in lines["BATCH_ERROR"]
     np.testing.assert_allclose(json.loads(lines["LOSSES"]), one["step_losses"], atol=1e-5,
                                rtol=0)
+
+
+def test_first_prompt_point_is_in_the_mask_and_both_starts_occur():
+  b, m, s = 64, 40, 160
+  rng = np.random.default_rng(5)
+  targets = np.zeros((b, m, m), np.float32)
+  for i in range(b):  # one random rectangle per example, a few one-pixel ones
+    y0, x0 = rng.integers(0, m - 8, size=2)
+    h, w = (1, 1) if i % 16 == 0 else rng.integers(2, 8, size=2)
+    targets[i, y0:y0 + h, x0:x0 + w] = 1.0
+  targets[-1] = 0.0  # an empty mask: no point, the box starts
+  valid = np.ones_like(targets)
+  valid[:, :, 36:] = 0.0
+  targets *= valid
+  key = jax.random.PRNGKey(11)
+  first = jax.jit(prompts.first_points, static_argnums=(3, 4))
+  points, labels, use_box = first(jnp.asarray(targets), jnp.asarray(valid), key, s,
+                                  "box_or_point")
+  again = first(jnp.asarray(targets), jnp.asarray(valid), key, s, "box_or_point")
+  for x, y in zip((points, labels, use_box), again):
+    np.testing.assert_array_equal(x, y)  # deterministic given the key
+  use_box, labels = np.asarray(use_box), np.asarray(labels)
+  assert 0.25 * b < use_box.sum() < 0.75 * b, use_box.sum()  # both starts, about 1/2
+  assert use_box[-1] and labels[-1] == -1
+  np.testing.assert_array_equal(labels, np.where(use_box, -1, 1))
+  # Back in the low-res frame (centre to centre), every point is a foreground pixel.
+  xy = np.rint((np.asarray(points) + 0.5) * m / s - 0.5).astype(int)
+  for i in np.flatnonzero(~use_box):
+    assert targets[i, xy[i, 1], xy[i, 0]] == 1.0, i
+  # "point": every example with a foreground starts from a point; "box": none does.
+  _, labels_p, box_p = first(jnp.asarray(targets), jnp.asarray(valid), key, s, "point")
+  assert not np.asarray(box_p)[:-1].any() and (np.asarray(labels_p)[:-1] == 1).all()
+  assert np.asarray(first(jnp.asarray(targets), jnp.asarray(valid), key, s, "box")[2]).all()
+  # Uniform over the foreground (SAM), not border-distance weighted: a 1 x 8 bar
+  # (every pixel at distance 1) and a 7 x 7 square's ring are both hit.
+  square = np.zeros((1, m, m), np.float32)
+  square[0, 5:12, 5:12] = 1.0
+  # 300 draws: one image repeated, its 300 rows draw with keys fold_in(key, row).
+  p, _, _ = first(jnp.asarray(np.repeat(square, 300, 0)), jnp.ones((300, m, m)), key, s,
+                  "point")
+  hits = np.zeros((m, m), int)
+  for x, y in np.rint((np.asarray(p) + 0.5) * m / s - 0.5).astype(int):
+    hits[y, x] += 1
+  assert hits.sum() == hits[5:12, 5:12].sum()
+  ring = hits[5:12, 5:12].copy()
+  ring[1:-1, 1:-1] = 0
+  assert 0.5 * 24 / 49 < ring.sum() / 300 < 1.5 * 24 / 49  # 24 of the 49 pixels
+
+
+def test_first_prompt_layouts_per_example():
+  """Which prompts each example's decodes get, round by round (recorded while tracing)."""
+  b, m, s = 8, 16, 64
+  targets = np.zeros((b, m, m), np.float32)
+  targets[:, 4:10, 4:10] = 1.0
+  calls = []
+
+  def decode(emb, points, labels, boxes, mask):
+    calls.append((None if points is None else labels.shape, boxes is not None,
+                  mask is not None))
+    # Box layouts predict nothing, point layouts everything: the rows tell.
+    fill = -1.0 if boxes is not None else 1.0
+    return jnp.full((b, m, m), fill), jnp.zeros((b,))
+
+  def loss(low, iou, t, w):
+    return jnp.mean(low)
+
+  def run(key, first_prompt):
+    return prompts.interactive_losses(decode, loss, None, jnp.zeros((b, 4)),
+                                      jnp.asarray(targets), jnp.ones((b, m, m)),
+                                      jnp.ones((b,)), key, 2, s, first_prompt)[1]
+
+  key = jax.random.PRNGKey(3)
+  last = jax.jit(run, static_argnums=1)(key, "box_or_point")
+  _, _, use_box = jax.jit(prompts.first_points, static_argnums=(3, 4))(
+      jnp.asarray(targets), jnp.ones((b, m, m)), key, s, "box_or_point")
+  use_box = np.asarray(use_box)
+  assert 0 < use_box.sum() < b
+  # Round 0: point + pad (no box), then the box alone; rounds 1, 2: point +
+  # clicks (3 slots), box + clicks (2 slots); dense prompts from round 1 on.
+  assert calls == [((b, 1), False, False), (None, True, False),
+                   ((b, 3), False, True), ((b, 2), True, True),
+                   ((b, 3), False, True), ((b, 2), True, True)]
+  # Each example keeps its own layout's prediction.
+  np.testing.assert_array_equal(np.asarray(last)[:, 0, 0], np.where(use_box, -1.0, 1.0))
+  # "box" keeps the layout it always had: the box, then box + clicks, no extra slot.
+  calls.clear()
+  jax.jit(run, static_argnums=1)(key, "box")
+  assert calls == [(None, True, False), ((b, 2), True, True), ((b, 2), True, True)]

@@ -76,7 +76,7 @@ PHANTOM_STREAM = "phantom_stream"
 ADAPTER_FILE = "adapter.json"
 IMAGE_RESULT_KEYS = base.RESULT_KEYS + (
     "mode", "prompt", "num_rounds", "lora_rank", "lora_alpha", "lora_decoder", "steps",
-    "augment", "architecture", "init_seed", "warmup_steps", "remat")
+    "augment", "architecture", "init_seed", "warmup_steps", "remat", "first_prompt")
 
 
 class RematBlock(Block):
@@ -98,6 +98,7 @@ def validate_image_config(config: ConfigDict) -> None:
   """Checks that need no data or weights (the LoRA width is checked on the model)."""
   try:
     prompts.check_scheme(config.prompt)
+    prompts.check_first_prompt(config.get("first_prompt", "box"))
     pipeline.AugmentConfig.from_config(config.get("augment", {})).validate()
   except ValueError as e:
     raise base.TrainingError(str(e)) from None
@@ -107,6 +108,9 @@ def validate_image_config(config: ConfigDict) -> None:
     if config.get("lora_export", "merged") not in LORA_EXPORTS:
       raise base.TrainingError(f"--config.lora_export={config.lora_export!r}: use one of "
                                f"{list(LORA_EXPORTS)}")
+  if config.get("first_prompt", "box") != "box" and config.prompt != "interactive":
+    raise base.TrainingError(f"--config.first_prompt={config.first_prompt!r} needs "
+                             "--config.prompt=interactive (the other schemes are box prompts)")
   if int(config.get("num_rounds", 0)) < 0:
     raise base.TrainingError(f"--config.num_rounds={config.num_rounds}: must be >= 0")
   if int(config.batch_size) <= 0:
@@ -127,7 +131,7 @@ def build_model(config: ConfigDict):
   arch = config.get("architecture", None)
   if arch:
     try:
-      sam_config = SamConfig.from_dict(dict(arch))
+      sam_config = SamConfig.from_dict(arch.to_dict() if hasattr(arch, "to_dict") else dict(arch))
       model = build_sam(sam_config, int(config.get("init_seed", 0)),
                         dtype=config.get("precision", "float32"))
     except ValueError as e:
@@ -189,7 +193,8 @@ def make_image_steps(graphdef, train_template, frozen_template, tx, config: Conf
     weights = jnp.ones((batch["box"].shape[0],), jnp.float32)
     loss, _ = prompts.interactive_losses(decode, one_loss, embeddings, batch["box"],
                                          batch["target"], batch["valid"], weights, key,
-                                         rounds, image_size)
+                                         rounds, image_size,
+                                         config.get("first_prompt", "box"))
     return loss
 
   def train_step(params, opt_state, frozen, batch, key):
@@ -203,6 +208,43 @@ def make_image_steps(graphdef, train_template, frozen_template, tx, config: Conf
                  in_shardings=(replicated, replicated, replicated, sharded, replicated),
                  out_shardings=(replicated, replicated, replicated),
                  donate_argnums=(0, 1))
+
+
+def compiled_step_memory(config: ConfigDict, batch_size: int) -> dict[str, int]:
+  """XLA's memory estimate of one compiled `lora` / `full` train step, without running it.
+
+  Builds the model of `config` (`checkpoint` or `architecture`), prepares it
+  for `config.mode` (adapters, `remat`), lowers the jitted step on abstract
+  arguments (`jax.ShapeDtypeStruct`: no batch is allocated) and compiles it.
+
+  Returns:
+    {"argument_bytes", "output_bytes", "temp_bytes", "alias_bytes",
+     "peak_bytes"}: peak = arguments + temps (the outputs alias the donated
+    parameters and optimiser state), as reported by the compiler of the
+    default backend (an estimate on CPU).
+  """
+  model, _ = build_model(config)
+  trainable = prepare_model(model, config)
+  c = model.config
+  s, m = c.image_size, c.mask_input_size
+  graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
+  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  params = abstract(nnx.to_pure_dict(train_state))
+  frozen = abstract(nnx.to_pure_dict(frozen_state))
+  tx = base.make_optimizer(config, 1000, _decay_mask(params))
+  opt_state = jax.eval_shape(tx.init, params)
+  step = make_image_steps(graphdef, train_state, frozen_state, tx, config, base.make_mesh(), s)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  batch = {"pixels": f32(batch_size, s, s, 3), "target": f32(batch_size, m, m),
+           "valid": f32(batch_size, m, m), "box": f32(batch_size, 4)}
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  stats = step.lower(params, opt_state, frozen, batch, key).compile().memory_analysis()
+  out = {"argument_bytes": int(stats.argument_size_in_bytes),
+         "output_bytes": int(stats.output_size_in_bytes),
+         "temp_bytes": int(stats.temp_size_in_bytes),
+         "alias_bytes": int(stats.alias_size_in_bytes)}
+  out["peak_bytes"] = out["argument_bytes"] + out["temp_bytes"]
+  return out
 
 
 def make_stream(config: ConfigDict, image_size: int, profile: str):
