@@ -80,6 +80,10 @@ def get_config(arg: str = "busi"):
   c.lora_decoder = False  # also adapt the mask decoder's attention
   c.lora_export = "merged"  # "merged", "adapter" or "both"
   c.remat = True  # lora / full: rematerialise the encoder blocks (nnx.remat)
+  # lora / full: global attention over chunks of this many grid rows of
+  # queries, each rematerialised (0 = all queries at once); 16 splits
+  # ViT's 64 x 64 grid at 1024 into 4 chunks (see benchmarks/RESULTS.md).
+  c.attention_query_rows = 16
   c.steps = 0  # lora / full: total steps; 0 = epochs over the train split
   c.warmup_steps = 0  # linear lr warm-up before the linear decay
   c.data_threads = 2  # input pipeline threads (lora / full)

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import textwrap
 
+import kill_resume
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +27,8 @@ from simsam_jax.checkpoint import load_model
 from simsam_jax.data import loading
 from simsam_jax.simsam import pipeline as simsam_pipeline
 from simsam_jax import processing
-from simsam_jax.training import image_trainer, lora, pipeline, prompts
+from simsam_jax.training import data as train_data
+from simsam_jax.training import image_trainer, lora, pipeline, prompts, trainer
 from simsam_jax.training.trainer import TrainingError, finetune
 from simsam_jax.workdir import load_sam_model
 
@@ -79,20 +82,28 @@ def compilation_cache(tmp_path_factory):
   """A persistent XLA cache: the resumed runs and subprocesses reuse the programs."""
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   previous = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  yield
+  yield cache
   for n, v in previous.items():
     jax.config.update(n, v)
+
+
+# Both runs use interactive prompts with one click round (lora: box starts,
+# full: SAM's box-or-point starts); the kill / resume and two-process tests
+# compare against them.
+RUN_PROMPTS = {"lora": dict(prompt="interactive", num_rounds=1, first_prompt="box"),
+               "full": dict(prompt="interactive", num_rounds=1, first_prompt="box_or_point")}
 
 
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
   out = {}
-  for mode, prompt in (("lora", "box"), ("full", "interactive")):
+  for mode, prompt in RUN_PROMPTS.items():
     workdir = str(tmp_path_factory.mktemp(mode) / "w")
-    config = _config(data_dir, mode=mode, prompt=prompt, num_rounds=1,
-                     lora_export="both", checkpoint_every_steps=2)
+    config = _config(data_dir, mode=mode, lora_export="both", checkpoint_every_steps=2,
+                     **prompt)
     out[mode] = (workdir, config, finetune(config, workdir, progress=False))
   return out
 
@@ -236,31 +247,60 @@ def test_adapter_refuses_another_base(runs):
                                     "random:tiny:7")
 
 
+def _cli(config, workdir):
+  """The `finetune` command line of `config` (the fields `_config` sets)."""
+  fields = ("builder_config", "data_dir", "protocol", "split_scheme", "learning_rate",
+            "batch_size", "steps", "loss", "lora_rank", "data_threads", "mode", "prompt",
+            "num_rounds", "first_prompt", "lora_export")
+  return [sys.executable, "-m", "simsam_jax.finetune",
+          "--config=configs/finetune.py:phantom,runlocal", f"--workdir={workdir}",
+          "--config.checkpoint_every_steps=1",
+          *[f"--config.{f}={config[f]}" for f in fields]]
+
+
 @pytest.mark.parametrize("mode", ["lora", "full"])
-def test_kill_and_resume_is_bit_identical(runs, data_dir, tmp_path, monkeypatch, mode):
+def test_sigkill_and_resume_is_bit_identical(runs, tmp_path, compilation_cache, mode):
+  """A real SIGKILL mid-run; the resumed run equals the uninterrupted one bit for bit."""
   reference_dir, config, reference = runs[mode]
   workdir = str(tmp_path / "killed")
-  original = image_trainer.base._save
-
-  class Killed(Exception):
-    pass
-
-  def save_then_die(manager, step, *args, **kwargs):
-    original(manager, step, *args, **kwargs)
-    if step == 2:
-      raise Killed()
-
-  monkeypatch.setattr(image_trainer.base, "_save", save_then_die)
-  with pytest.raises(Killed):
-    finetune(config, workdir, progress=False)
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compilation_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  killed_at = kill_resume.kill_after_checkpoint(_cli(config, workdir), workdir, 2, cwd=REPO,
+                                                env=env, timeout=300)
+  assert 2 <= killed_at < STEPS, f"the run was not killed mid-training ({killed_at})"
   assert not os.path.exists(os.path.join(workdir, "export"))
-  monkeypatch.setattr(image_trainer.base, "_save", original)
   resumed = finetune(config, workdir, progress=False)
   assert resumed["step_losses"] == reference["step_losses"]
-  a = _weights(load_model(os.path.join(reference_dir, "export", "last")))
-  b = _weights(load_model(os.path.join(workdir, "export", "last")))
-  for k in a:
-    assert np.array_equal(a[k], b[k]), f"{k} differs after resume"
+  assert resumed["validation"] == reference["validation"]
+  for name in ("last", "best"):
+    a = _weights(load_model(os.path.join(reference_dir, "export", name)))
+    b = _weights(load_model(os.path.join(workdir, "export", name)))
+    assert a.keys() == b.keys()
+    for k in a:
+      assert np.array_equal(a[k], b[k]), f"{name}{k} differs after resume"
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_validation_each_epoch_and_best_export(runs, data_dir, mode):
+  """One validation per epoch (one step = one epoch here); export/best is the
+  best epoch's model: re-validating it gives the recorded DSC."""
+  workdir, config, history = runs[mode]
+  records = history["validation"]
+  assert [r["epoch"] for r in records] == list(range(1, STEPS + 1))
+  dscs = [r["dsc"] for r in records]
+  assert all(np.isfinite(dscs)) and len(set(dscs)) > 1, dscs
+  assert history["best_epoch"] == 1 + int(np.argmax(dscs))
+  np.testing.assert_allclose([r["train_loss"] for r in records], history["step_losses"])
+  best = load_model(os.path.join(workdir, "export", "best"))
+  graphdef, state = nnx.split(best)
+  predict, encode = image_trainer.make_predict(graphdef, state, nnx.State({}))
+  val = image_trainer.load_validation(config, best.config.image_size, "sam")
+  params = nnx.to_pure_dict(state)
+  val.embeddings = train_data.encode_images(encode, (params, {}), val.images,
+                                            best.config.image_size)
+  scores = trainer.validate(predict, params, {}, val, float(config.nsd_tolerance))
+  np.testing.assert_allclose(scores["dsc"], max(dscs), atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -283,7 +323,7 @@ TWO_PROCESSES = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import test_finetune_modes as t
     from simsam_jax.training.trainer import TrainingError, finetune
-    config = t._config({data_dir!r}, mode={mode!r}, prompt="interactive", num_rounds=1,
+    config = t._config({data_dir!r}, mode={mode!r}, **t.RUN_PROMPTS[{mode!r}],
                        distributed="localhost:{port},2,{index}", batch_size=3)
     try:
       finetune(config, {workdir!r} + "_bad", progress=False)
@@ -303,9 +343,8 @@ def _free_port():
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
-def test_two_processes_match_one(data_dir, tmp_path, mode):
-  one = finetune(_config(data_dir, mode=mode, prompt="interactive", num_rounds=1),
-                 str(tmp_path / "one"), progress=False)
+def test_two_processes_match_one(runs, data_dir, tmp_path, mode):
+  one = runs[mode][2]  # the same global batch and prompts in one process
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu")
@@ -412,3 +451,65 @@ def test_first_prompt_layouts_per_example():
   calls.clear()
   jax.jit(run, static_argnums=1)(key, "box")
   assert calls == [(None, True, False), ((b, 2), True, True), ((b, 2), True, True)]
+
+
+def test_chunked_attention_equals_attention():
+  """Query-row chunks (training's global attention) give `Attention`'s output and gradients."""
+  from simsam_jax.modeling.image_encoder import Attention
+  from simsam_jax.modeling.policy import Policy
+  attn = Attention(24, 3, 8, rngs=nnx.Rngs(0), policy=Policy())
+  # Decisive tables: large relative-position terms shape the attention.
+  attn.rel_pos_h[...] = jax.random.normal(jax.random.PRNGKey(1), attn.rel_pos_h.shape)
+  attn.rel_pos_w[...] = jax.random.normal(jax.random.PRNGKey(2), attn.rel_pos_w.shape)
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 24))
+  graphdef, state = nnx.split(attn)
+
+  def loss(state, x, rows):
+    module = nnx.merge(graphdef, state)
+    if rows:
+      module.__class__ = image_trainer.ChunkedAttention
+      module.query_rows = rows
+    out = module(x)
+    return jnp.sum(out * jnp.cos(out)), out
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+  (g_state, g_x), want = grad(state, x, 0)
+  for rows in (2, 4):
+    (c_state, c_x), got = grad(state, x, rows)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(c_x, g_x, atol=1e-4, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(c_state), jax.tree.leaves(g_state)):
+      np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+  assert float(jnp.std(want)) > 0.1
+
+
+def _memory(data_dir, depth, remat, rows=0, global_blocks=()):
+  """XLA's compiled-step memory of a small `full` model (grid 16, batch 2)."""
+  from simsam_jax.modeling.config import get_preset
+  import dataclasses
+  tiny = get_preset("tiny")
+  arch = dataclasses.replace(tiny, image_size=256, encoder=dataclasses.replace(
+      tiny.encoder, dim=64, depth=depth, num_heads=4, mlp_dim=256, window_size=4,
+      global_attn_indexes=global_blocks))
+  config = _config(data_dir, mode="full", remat=remat, attention_query_rows=rows,
+                   architecture=arch.to_dict())
+  return image_trainer.compiled_step_memory(config, 2)
+
+
+def test_compiled_memory_remat_and_query_chunks(data_dir):
+  """Consistency of the compiled step's memory (XLA's estimate, nothing runs).
+
+  Without remat every encoder block keeps its activations for the backward
+  pass, so the temporaries grow with depth; with `remat` a block keeps only
+  its input. Chunked global attention shrinks the temporaries of a global
+  block. (ViT-B figures: benchmarks/RESULTS.md.)
+  """
+  grow = {remat: _memory(data_dir, 4, remat)["temp_bytes"] - _memory(data_dir, 2, remat)[
+      "temp_bytes"] for remat in (False, True)}
+  print("temp growth of 2 blocks", grow)
+  assert grow[False] > 0 and grow[True] < 0.5 * grow[False], grow
+  whole = _memory(data_dir, 1, True, 0, (0,))
+  chunked = _memory(data_dir, 1, True, 4, (0,))
+  print("global block", whole, chunked)
+  assert chunked["argument_bytes"] == whole["argument_bytes"]
+  assert chunked["temp_bytes"] < whole["temp_bytes"], (whole, chunked)
