@@ -240,7 +240,8 @@ def make_image_steps(graphdef, train_template, frozen_template, tx, config: Conf
     def decode(emb, points, labels, boxes, mask):
       low, iou = model.decode(
           emb, None if points is None else points[:, None],
-          None if labels is None else labels[:, None], None if boxes is None else boxes[:, None],
+          None if labels is None else labels[:, None],
+          None if boxes is None else boxes[:, None],
           None if mask is None else mask[:, None])
       return low[:, 0, 0], iou[:, 0, 0]
 

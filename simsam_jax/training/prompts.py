@@ -22,16 +22,16 @@ Deliberate deviations from SAM's recipe, each with its reason:
     region): interior clicks are unambiguous at the low-res grid where they are
     drawn (M x M, the padded model frame; border pixels of a 1-pixel error
     ring are mostly resampling noise).
-  * SAM's first prompt is a box or one point; here it is `first_prompt` (config field, default "box"):
-    "box" (every evaluation here, box-only SAM, SimSAM, box starts of the
-    click protocol, starts from a box), "point" (one positive point drawn
-    uniformly from the ground-truth foreground, as SAM) or "box_or_point"
-    (SAM's recipe: per example, box or point with probability 1/2). With
-    "box_or_point" every round is decoded in both sparse layouts (box + clicks,
-    point + clicks) and each example keeps its own (`jnp.where`): the compiled
-    step has static shapes, at twice the decoder cost. An empty foreground has
-    no point: "box_or_point" then starts from the box, "point" from a
-    not-a-point (SAM's padding token).
+  * SAM's first prompt is a box or one point; here it is `first_prompt`
+    (config field): "box" (the default: every evaluation here, box-only SAM,
+    SimSAM, box starts of the click protocol, starts from a box), "point"
+    (one positive point drawn uniformly from the ground-truth foreground, as
+    SAM) or "box_or_point" (SAM's recipe: per example, box or point with
+    probability 1/2). With "box_or_point" every round is decoded in both
+    sparse layouts (box + clicks, point + clicks) and each example keeps its
+    own (`jnp.where`): the compiled step has static shapes, at twice the
+    decoder cost. An empty foreground has no point: "box_or_point" then starts
+    from the box, "point" from a not-a-point (SAM's padding token).
   * The dense prompt of a round is, per example with probability 1/2, the
     previous low-res logits (SAM's convention) or their 0/1 binarisation
     (SimSAM's paper prompt), so a trained model serves both.
