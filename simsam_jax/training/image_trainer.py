@@ -12,7 +12,19 @@ no embedding cache), decodes the configured prompts
 
 With `remat` (both modes: LoRA's gradients flow back through every encoder
 block too), each encoder block is rematerialised (`nnx.remat`): its
-activations are recomputed in the backward pass instead of stored.
+activations are recomputed in the backward pass instead of stored (XLA's
+CPU compiler shows no saving from it; benchmarks/RESULTS.md). With
+`attention_query_rows` > 0 the global-attention blocks compute over chunks
+of query rows, each rematerialised (`ChunkedAttention`): the (B, heads, T, T)
+bias / logits / probabilities of T = 4096 queries were what kept a ViT-B
+batch-2 step above 16 GB (`compiled_step_memory`, benchmarks/RESULTS.md).
+
+Validation (finite datasets): at the end of every epoch (ceil(N / batch)
+steps, and at the last step) the current model encodes `val_split` and
+`trainer.validate` scores box-only SAM (DSC, NSD); `trainer.end_of_epoch`
+records it, keeps the best checkpoint (checkpoints/best) and saves the last,
+exactly as decoder mode. export/best is the best epoch (merged in `lora`).
+The endless phantom stream has no epochs and no validation.
 
 Data: `simsam_jax.training.pipeline` (grain over `tfds.data_source`, or the
 endless phantom stream for `dataset="phantom_stream"`), deterministic;
@@ -36,9 +48,9 @@ Determinism: the data of global step s and the step's random key
 only, so a killed run resumed from its last checkpoint ends bit-identical to
 an uninterrupted one, and P processes reproduce one process's losses.
 
-Workdir: config.json / run.json as in decoder mode, checkpoints/last
-(Orbax), tensorboard/, history.json, export/last (merged, an ordinary
-checkpoint) and, in lora mode with `lora_export` "adapter" or "both",
+Workdir: config.json / run.json as in decoder mode, checkpoints/last and
+checkpoints/best (Orbax), tensorboard/, history.json, export/last (merged, an
+ordinary checkpoint), export/best (with validation) and, in lora mode with `lora_export` "adapter" or "both",
 export/adapter (adapter weights + the base weights' sha256).
 """
 
@@ -384,7 +396,8 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
 
   Returns:
     {"step_losses": [float], "total_steps": int, "exports": {name: path},
-     "trainable_parameters": int, "optimizer_state_elements": int}.
+     "validation": [{"epoch", "train_loss", "dsc", "nsd"}], "best_epoch":
+     int | None, "trainable_parameters": int, "optimizer_state_elements": int}.
   Raises:
     TrainingError: bad config, workdir or adapter, before any work.
   """
