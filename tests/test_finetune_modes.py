@@ -267,7 +267,7 @@ def test_sigkill_and_resume_is_bit_identical(runs, tmp_path, compilation_cache, 
              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compilation_cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   killed_at = kill_resume.kill_after_checkpoint(_cli(config, workdir), workdir, 2, cwd=REPO,
-                                                env=env, timeout=300)
+                                                env=env, timeout=600)
   assert 2 <= killed_at < STEPS, f"the run was not killed mid-training ({killed_at})"
   assert not os.path.exists(os.path.join(workdir, "export"))
   resumed = finetune(config, workdir, progress=False)
