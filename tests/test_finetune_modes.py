@@ -309,6 +309,11 @@ def test_validation_each_epoch_and_best_export(runs, data_dir, mode):
     (dict(mode="decoder", prompt="interactive"), "decoder mode trains on cached"),
     (dict(mode="lora", lora_rank=0), "--config.lora_rank=0"),
     (dict(mode="lora", lora_rank=1000), "--config.lora_rank=1000"),
+    (dict(mode="full", prompt="interactive", first_prompt="points"),
+     "--config.first_prompt='points': unknown first prompt"),
+    (dict(mode="full", prompt="box", first_prompt="point"),
+     "--config.first_prompt='point' needs --config.prompt=interactive"),
+    (dict(mode="full", attention_query_rows=-1), "--config.attention_query_rows=-1"),
 ])
 def test_bad_input_before_any_output(data_dir, tmp_path, overrides, match):
   workdir = tmp_path / "w"

@@ -172,6 +172,9 @@ def validate_image_config(config: ConfigDict) -> None:
   if config.get("first_prompt", "box") != "box" and config.prompt != "interactive":
     raise base.TrainingError(f"--config.first_prompt={config.first_prompt!r} needs "
                              "--config.prompt=interactive (the other schemes are box prompts)")
+  if int(config.get("attention_query_rows", 0)) < 0:
+    raise base.TrainingError(f"--config.attention_query_rows={config.attention_query_rows}: "
+                             "must be >= 0 (0 = all queries at once)")
   if int(config.get("num_rounds", 0)) < 0:
     raise base.TrainingError(f"--config.num_rounds={config.num_rounds}: must be >= 0")
   if int(config.batch_size) <= 0:
@@ -221,8 +224,6 @@ def prepare_model(model, config: ConfigDict):
     for block in model.image_encoder.blocks:
       block.__class__ = RematBlock
   rows = int(config.get("attention_query_rows", 0))
-  if rows < 0:
-    raise base.TrainingError(f"--config.attention_query_rows={rows}: must be >= 0")
   if rows:
     for block in model.image_encoder.blocks:
       if block.window_size == 0:  # global attention
