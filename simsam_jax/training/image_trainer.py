@@ -21,7 +21,7 @@ batch-2 step above 16 GB (`compiled_step_memory`, benchmarks/RESULTS.md).
 
 Validation (finite datasets): at the end of every epoch (ceil(N / batch)
 steps, and at the last step) the current model encodes `val_split` and
-`trainer.validate` scores box-only SAM (DSC, NSD); `trainer.end_of_epoch`
+`trainer.validate` scores box-only SAM (DSC, NSD); `trainer.finish_epoch`
 records it, keeps the best checkpoint (checkpoints/best) and saves the last,
 exactly as decoder mode. export/best is the best epoch (merged in `lora`).
 The endless phantom stream has no epochs and no validation.
@@ -491,7 +491,7 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
         val.embeddings = train_data.encode_images(encode, (params, frozen), val.images,
                                                   image_size, profile)
         scores = base.validate(predict, params, frozen, val, float(config.nsd_tolerance))
-        base.end_of_epoch(meta, meta["step_losses"][epoch_start:], scores, params, opt_state,
+        base.finish_epoch(meta, meta["step_losses"][epoch_start:], scores, params, opt_state,
                           (manager, best_manager), writer, bar, progress,
                           -(-total_steps // steps_per_epoch), "params")
       elif (every > 0 and meta["step"] % every == 0) or meta["step"] == total_steps:

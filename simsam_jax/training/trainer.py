@@ -430,7 +430,7 @@ def _restore(manager, step: int, params, opt_state, name: str = "decoder"):
   return restored.state[name], opt, dict(restored.meta)
 
 
-def end_of_epoch(meta: dict[str, Any], epoch_losses, scores: dict[str, float], params,
+def finish_epoch(meta: dict[str, Any], epoch_losses, scores: dict[str, float], params,
                  opt_state, managers, writer, bar, progress: bool, epochs: int,
                  name: str = "decoder") -> None:
   """Records an epoch's validation, keeps the best, saves the last (every mode).
@@ -612,7 +612,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       # End of epoch: validation, best, last.
       epoch_losses = meta["step_losses"][epoch * steps_per_epoch:]
       scores = validate(predict, params, frozen, val, float(config.nsd_tolerance))
-      end_of_epoch(meta, epoch_losses, scores, params, opt_state,
+      finish_epoch(meta, epoch_losses, scores, params, opt_state,
                    (last_manager, best_manager), writer, bar, progress, epochs)
   finally:
     close_outputs(writer, bar)
