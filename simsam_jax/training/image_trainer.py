@@ -50,8 +50,9 @@ an uninterrupted one, and P processes reproduce one process's losses.
 
 Workdir: config.json / run.json as in decoder mode, checkpoints/last and
 checkpoints/best (Orbax), tensorboard/, history.json, export/last (merged, an
-ordinary checkpoint), export/best (with validation) and, in lora mode with `lora_export` "adapter" or "both",
-export/adapter (adapter weights + the base weights' sha256).
+ordinary checkpoint), export/best (with validation) and, in lora mode with
+`lora_export` "adapter" or "both", export/adapter (adapter weights + the base
+weights' sha256).
 """
 
 from __future__ import annotations
