@@ -554,7 +554,7 @@ def test_kill_and_resume_is_bit_identical(run, dataset, tmp_path):
   workdir = str(tmp_path / "killed")
   command = _cli(dataset, workdir, "--config.checkpoint_every_steps=1")
   killed_at = kill_resume.kill_after_checkpoint(command, workdir, 2, cwd=REPO,
-                                                env=_env(dataset["jax_cache"]))
+                                                env=_env(dataset["jax_cache"]), timeout=600)
   assert 2 <= killed_at < reference["total_steps"], "the run was not killed mid-training"
   assert not os.path.exists(os.path.join(workdir, "export"))
   done = subprocess.run(command, cwd=REPO, env=_env(dataset["jax_cache"]),
