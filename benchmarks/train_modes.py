@@ -2,6 +2,7 @@ r"""Training steps per second of the three modes: decoder, lora, full.
 
   python benchmarks/train_modes.py                       # vit_b, batch 2, 1024
   python benchmarks/train_modes.py --preset=tiny_1024 --steps=2 --modes=lora,full
+  python benchmarks/train_modes.py --memory --modes=lora,full  # compiled memory only
 
 Not a test: builds the jitted train step of each mode exactly as the trainer
 does (`trainer.make_steps` for decoder on cached embeddings,
@@ -31,7 +32,12 @@ _BATCH = flags.DEFINE_integer("batch", 2, "Global batch.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per mode (after one warm-up).")
 _MODES = flags.DEFINE_list("modes", ["decoder", "lora", "full"], "Modes to time.")
 _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
-_REMAT = flags.DEFINE_boolean("remat", True, "full mode: nnx.remat on encoder blocks.")
+_REMAT = flags.DEFINE_boolean("remat", True, "lora / full: nnx.remat on encoder blocks.")
+_ROWS = flags.DEFINE_integer("attention_query_rows", 16,
+                             "lora / full: global attention in chunks of this many query rows.")
+_MEMORY = flags.DEFINE_boolean(
+    "memory", False, "lora / full: print XLA's compiled-step memory estimate instead of timing "
+    "(compiles only; nothing runs).")
 
 
 def _config(mode: str):
@@ -39,6 +45,7 @@ def _config(mode: str):
   import finetune as finetune_config  # pylint: disable=import-outside-toplevel
   c = finetune_config.get_config("busi")
   c.mode, c.prompt, c.lora_rank, c.remat = mode, "box", _RANK.value, _REMAT.value
+  c.attention_query_rows = _ROWS.value
   c.checkpoint = f"random:{_PRESET.value}"
   return c
 
@@ -105,6 +112,15 @@ def main(argv):
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
         f"load {os.getloadavg()[0]:.1f}; preset {_PRESET.value}, batch {_BATCH.value}")
+  if _MEMORY.value:
+    from simsam_jax.training import image_trainer  # pylint: disable=import-outside-toplevel
+    print("mode  arguments(GiB)  temporaries(GiB)  peak(GiB)  (XLA's compiled estimate)")
+    for mode in _MODES.value:
+      if mode != "decoder":
+        r = image_trainer.compiled_step_memory(_config(mode), _BATCH.value)
+        print(f"{mode:5s} {r['argument_bytes'] / 2**30:15.2f} {r['temp_bytes'] / 2**30:17.2f} "
+              f"{r['peak_bytes'] / 2**30:10.2f}", flush=True)
+    return
   print("mode     compile+1st(s)  step(s)  steps/s  trainable  optimizer_state")
   for mode in _MODES.value:
     r = time_mode(mode)

@@ -72,11 +72,18 @@ def get_config(arg: str = "busi"):
   # "interactive" (box, then num_rounds clicks from the error region).
   c.prompt = "box"
   c.num_rounds = 0
+  # interactive: the first prompt, "box", "point" (uniform in the GT mask) or
+  # "box_or_point" (SAM's recipe: each example draws one, probability 1/2).
+  c.first_prompt = "box"
   c.lora_rank = 8
   c.lora_alpha = 8.0  # the adapters' output is scaled by alpha / rank
   c.lora_decoder = False  # also adapt the mask decoder's attention
   c.lora_export = "merged"  # "merged", "adapter" or "both"
   c.remat = True  # lora / full: rematerialise the encoder blocks (nnx.remat)
+  # lora / full: global attention over chunks of this many grid rows of
+  # queries, each rematerialised (0 = all queries at once); 16 splits
+  # ViT's 64 x 64 grid at 1024 into 4 chunks (see benchmarks/RESULTS.md).
+  c.attention_query_rows = 16
   c.steps = 0  # lora / full: total steps; 0 = epochs over the train split
   c.warmup_steps = 0  # linear lr warm-up before the linear decay
   c.data_threads = 2  # input pipeline threads (lora / full)

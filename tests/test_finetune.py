@@ -12,11 +12,9 @@ import math
 import os
 import re
 import pathlib
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +26,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 import data_fixtures
+import kill_resume
 import torch_reference as tr
 from simsam_jax import evaluate as ev
 from simsam_jax.checkpoint import key_tables
@@ -550,29 +549,12 @@ def test_cli_refuses_unknown_precision(dataset, tmp_path):
   assert not workdir.exists()
 
 
-def _saved_steps(workdir):
-  folder = os.path.join(workdir, "checkpoints", "last")
-  if not os.path.isdir(folder):
-    return []
-  return [int(n) for n in os.listdir(folder) if n.isdigit()]
-
-
 def test_kill_and_resume_is_bit_identical(run, dataset, tmp_path):
   reference_dir, _, reference = run
   workdir = str(tmp_path / "killed")
   command = _cli(dataset, workdir, "--config.checkpoint_every_steps=1")
-  process = subprocess.Popen(command, cwd=REPO, env=_env(dataset["jax_cache"]),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  try:
-    while time.time() < deadline and process.poll() is None:
-      if any(s >= 2 for s in _saved_steps(workdir)):
-        break
-      time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-  finally:
-    process.wait()
-  killed_at = max(_saved_steps(workdir))
+  killed_at = kill_resume.kill_after_checkpoint(command, workdir, 2, cwd=REPO,
+                                                env=_env(dataset["jax_cache"]), timeout=600)
   assert 2 <= killed_at < reference["total_steps"], "the run was not killed mid-training"
   assert not os.path.exists(os.path.join(workdir, "export"))
   done = subprocess.run(command, cwd=REPO, env=_env(dataset["jax_cache"]),

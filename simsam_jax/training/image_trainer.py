@@ -12,7 +12,19 @@ no embedding cache), decodes the configured prompts
 
 With `remat` (both modes: LoRA's gradients flow back through every encoder
 block too), each encoder block is rematerialised (`nnx.remat`): its
-activations are recomputed in the backward pass instead of stored.
+activations are recomputed in the backward pass instead of stored (XLA's
+CPU compiler shows no saving from it; benchmarks/RESULTS.md). With
+`attention_query_rows` > 0 the global-attention blocks compute over chunks
+of query rows, each rematerialised (`ChunkedAttention`): the (B, heads, T, T)
+bias / logits / probabilities of T = 4096 queries were what kept a ViT-B
+batch-2 step above 16 GB (`compiled_step_memory`, benchmarks/RESULTS.md).
+
+Validation (finite datasets): at the end of every epoch (ceil(N / batch)
+steps, and at the last step) the current model encodes `val_split` and
+`trainer.validate` scores box-only SAM (DSC, NSD); `trainer.finish_epoch`
+records it, keeps the best checkpoint (checkpoints/best) and saves the last,
+exactly as decoder mode. export/best is the best epoch (merged in `lora`).
+The endless phantom stream has no epochs and no validation.
 
 Data: `simsam_jax.training.pipeline` (grain over `tfds.data_source`, or the
 endless phantom stream for `dataset="phantom_stream"`), deterministic;
@@ -36,10 +48,11 @@ Determinism: the data of global step s and the step's random key
 only, so a killed run resumed from its last checkpoint ends bit-identical to
 an uninterrupted one, and P processes reproduce one process's losses.
 
-Workdir: config.json / run.json as in decoder mode, checkpoints/last
-(Orbax), tensorboard/, history.json, export/last (merged, an ordinary
-checkpoint) and, in lora mode with `lora_export` "adapter" or "both",
-export/adapter (adapter weights + the base weights' sha256).
+Workdir: config.json / run.json as in decoder mode, checkpoints/last and
+checkpoints/best (Orbax), tensorboard/, history.json, export/last (merged, an
+ordinary checkpoint), export/best (with validation) and, in lora mode with
+`lora_export` "adapter" or "both", export/adapter (adapter weights + the base
+weights' sha256).
 """
 
 from __future__ import annotations
@@ -61,7 +74,8 @@ from ml_collections import ConfigDict
 from simsam_jax import profiles
 from simsam_jax.checkpoint import save_checkpoint
 from simsam_jax.modeling.config import SamConfig
-from simsam_jax.modeling.image_encoder import Block
+from simsam_jax.modeling.image_encoder import Attention, Block, relative_position_index
+from simsam_jax.modeling.layers import attend
 from simsam_jax.modeling.sam import build_sam
 from simsam_jax.training import data as train_data
 from simsam_jax.training import lora as lora_lib
@@ -76,7 +90,8 @@ PHANTOM_STREAM = "phantom_stream"
 ADAPTER_FILE = "adapter.json"
 IMAGE_RESULT_KEYS = base.RESULT_KEYS + (
     "mode", "prompt", "num_rounds", "lora_rank", "lora_alpha", "lora_decoder", "steps",
-    "augment", "architecture", "init_seed", "warmup_steps", "remat")
+    "augment", "architecture", "init_seed", "warmup_steps", "remat", "first_prompt",
+    "attention_query_rows")
 
 
 class RematBlock(Block):
@@ -85,6 +100,53 @@ class RematBlock(Block):
   @nnx.remat
   def __call__(self, x):
     return Block.__call__(self, x)
+
+
+class ChunkedAttention(Attention):
+  """Global attention computed over chunks of `query_rows` grid rows; same parameters.
+
+  `Attention` builds the (B, N, T, T) float32 relative-position bias and
+  logits of all T = H * W queries at once; at ViT-B 1024 (T = 4096) each
+  such tensor is 1.6 GB per 2 images, and a global block's backward holds
+  several. Here the queries are split into H / query_rows chunks of
+  query_rows * W queries (`jax.lax.map`, sequential), each chunk's bias,
+  attention and backward are rematerialised (`jax.checkpoint`): the largest
+  tensors are (B, N, query_rows * W, T). Exact per query (softmax is over
+  the keys); equal to `Attention` up to float32 rounding of the reordered
+  einsums. Used only when `query_rows` divides H and is smaller than H.
+
+  Args of `__call__`: x (B, H, W, C) float, as `Attention`.
+  """
+
+  query_rows = 0  # set per instance by `prepare_model`
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    rows = int(self.query_rows)
+    if rows <= 0 or rows >= h or h % rows:
+      return Attention.__call__(self, x)
+    heads = self.num_heads
+    d = c // heads
+    cast = self.policy.cast
+    qkv = self.qkv(x).reshape(b, h * w, 3, heads, d)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
+    chunks = h // rows
+    q_chunks = q.reshape(b, chunks, rows, w, heads, d).swapaxes(0, 1)  # (K, B, r, W, N, D)
+    rh = self.rel_pos_h[...][relative_position_index(h)].reshape(chunks, rows, h, d)
+    rw = cast(self.rel_pos_w[...][relative_position_index(w)])  # (W, Wk, D)
+
+    @jax.checkpoint
+    def one(args):
+      q_c, rh_c = args  # (B, r, W, N, D), (r, Hk, D)
+      qc = cast(q_c)
+      rel_h = jnp.einsum("bhwnd,hkd->bnhwk", qc, cast(rh_c), preferred_element_type=jnp.float32)
+      rel_w = jnp.einsum("bhwnd,wkd->bnhwk", qc, rw, preferred_element_type=jnp.float32)
+      bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, rows * w, h * w)
+      return attend(q_c.reshape(b, rows * w, heads, d), k, v, self.policy, bias=bias,
+                    scale=self.scale)
+
+    out = jax.lax.map(one, (q_chunks, rh))  # (K, B, r * W, N, D)
+    return self.proj(out.swapaxes(0, 1).reshape(b, h, w, c))
 
 
 def check_mode(config: ConfigDict) -> str:
@@ -98,6 +160,7 @@ def validate_image_config(config: ConfigDict) -> None:
   """Checks that need no data or weights (the LoRA width is checked on the model)."""
   try:
     prompts.check_scheme(config.prompt)
+    prompts.check_first_prompt(config.get("first_prompt", "box"))
     pipeline.AugmentConfig.from_config(config.get("augment", {})).validate()
   except ValueError as e:
     raise base.TrainingError(str(e)) from None
@@ -107,6 +170,12 @@ def validate_image_config(config: ConfigDict) -> None:
     if config.get("lora_export", "merged") not in LORA_EXPORTS:
       raise base.TrainingError(f"--config.lora_export={config.lora_export!r}: use one of "
                                f"{list(LORA_EXPORTS)}")
+  if config.get("first_prompt", "box") != "box" and config.prompt != "interactive":
+    raise base.TrainingError(f"--config.first_prompt={config.first_prompt!r} needs "
+                             "--config.prompt=interactive (the other schemes are box prompts)")
+  if int(config.get("attention_query_rows", 0)) < 0:
+    raise base.TrainingError(f"--config.attention_query_rows={config.attention_query_rows}: "
+                             "must be >= 0 (0 = all queries at once)")
   if int(config.get("num_rounds", 0)) < 0:
     raise base.TrainingError(f"--config.num_rounds={config.num_rounds}: must be >= 0")
   if int(config.batch_size) <= 0:
@@ -127,7 +196,7 @@ def build_model(config: ConfigDict):
   arch = config.get("architecture", None)
   if arch:
     try:
-      sam_config = SamConfig.from_dict(dict(arch))
+      sam_config = SamConfig.from_dict(arch.to_dict() if hasattr(arch, "to_dict") else dict(arch))
       model = build_sam(sam_config, int(config.get("init_seed", 0)),
                         dtype=config.get("precision", "float32"))
     except ValueError as e:
@@ -155,6 +224,12 @@ def prepare_model(model, config: ConfigDict):
   if config.get("remat", True):
     for block in model.image_encoder.blocks:
       block.__class__ = RematBlock
+  rows = int(config.get("attention_query_rows", 0))
+  if rows:
+    for block in model.image_encoder.blocks:
+      if block.window_size == 0:  # global attention
+        block.attn.__class__ = ChunkedAttention
+        block.attn.query_rows = rows
   return nnx.LoRAParam if config.mode == "lora" else nnx.Param
 
 
@@ -179,7 +254,8 @@ def make_image_steps(graphdef, train_template, frozen_template, tx, config: Conf
     def decode(emb, points, labels, boxes, mask):
       low, iou = model.decode(
           emb, None if points is None else points[:, None],
-          None if labels is None else labels[:, None], boxes[:, None],
+          None if labels is None else labels[:, None],
+          None if boxes is None else boxes[:, None],
           None if mask is None else mask[:, None])
       return low[:, 0, 0], iou[:, 0, 0]
 
@@ -189,7 +265,8 @@ def make_image_steps(graphdef, train_template, frozen_template, tx, config: Conf
     weights = jnp.ones((batch["box"].shape[0],), jnp.float32)
     loss, _ = prompts.interactive_losses(decode, one_loss, embeddings, batch["box"],
                                          batch["target"], batch["valid"], weights, key,
-                                         rounds, image_size)
+                                         rounds, image_size,
+                                         config.get("first_prompt", "box"))
     return loss
 
   def train_step(params, opt_state, frozen, batch, key):
@@ -203,6 +280,82 @@ def make_image_steps(graphdef, train_template, frozen_template, tx, config: Conf
                  in_shardings=(replicated, replicated, replicated, sharded, replicated),
                  out_shardings=(replicated, replicated, replicated),
                  donate_argnums=(0, 1))
+
+
+def compiled_step_memory(config: ConfigDict, batch_size: int) -> dict[str, int]:
+  """XLA's memory estimate of one compiled `lora` / `full` train step, without running it.
+
+  Builds the model of `config` (`checkpoint` or `architecture`), prepares it
+  for `config.mode` (adapters, `remat`), lowers the jitted step on abstract
+  arguments (`jax.ShapeDtypeStruct`: no batch is allocated) and compiles it.
+
+  Returns:
+    {"argument_bytes", "output_bytes", "temp_bytes", "alias_bytes",
+     "peak_bytes"}: peak = arguments + temps (the outputs alias the donated
+    parameters and optimiser state), as reported by the compiler of the
+    default backend (an estimate on CPU).
+  """
+  model, _ = build_model(config)
+  trainable = prepare_model(model, config)
+  c = model.config
+  s, m = c.image_size, c.mask_input_size
+  graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
+  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  params = abstract(nnx.to_pure_dict(train_state))
+  frozen = abstract(nnx.to_pure_dict(frozen_state))
+  tx = base.make_optimizer(config, 1000, _decay_mask(params))
+  opt_state = jax.eval_shape(tx.init, params)
+  step = make_image_steps(graphdef, train_state, frozen_state, tx, config, base.make_mesh(), s)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  batch = {"pixels": f32(batch_size, s, s, 3), "target": f32(batch_size, m, m),
+           "valid": f32(batch_size, m, m), "box": f32(batch_size, 4)}
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  stats = step.lower(params, opt_state, frozen, batch, key).compile().memory_analysis()
+  out = {"argument_bytes": int(stats.argument_size_in_bytes),
+         "output_bytes": int(stats.output_size_in_bytes),
+         "temp_bytes": int(stats.temp_size_in_bytes),
+         "alias_bytes": int(stats.alias_size_in_bytes)}
+  out["peak_bytes"] = out["argument_bytes"] + out["temp_bytes"]
+  return out
+
+
+def make_predict(graphdef, train_template, frozen_template):
+  """Jitted (predict, encode) over (params, frozen) pure dicts, for validation.
+
+  predict(params, frozen, embeddings (B, G, G, C), boxes (B, 4)) -> (B, M, M)
+  float32 low-res logits of the box prompt (as `trainer.validate` expects);
+  encode((params, frozen), pixels (1, S, S, 3)) -> (1, G, G, C) embeddings
+  (as `data.encode_images` expects).
+  """
+  def model(params, frozen):
+    return nnx.merge(graphdef, base._to_state(train_template, params),
+                     base._to_state(frozen_template, frozen))
+
+  def predict(params, frozen, embeddings, boxes):
+    return model(params, frozen).decode(embeddings, boxes=boxes[:, None])[0][:, 0, 0]
+
+  def encode(state, pixels):
+    return model(*state).encode_image(pixels)
+
+  return jax.jit(predict), jax.jit(encode)
+
+
+def load_validation(config: ConfigDict, image_size: int, profile: str):
+  """`config.val_split` as `data.SplitArrays` with its images (encoded at each epoch end).
+
+  The validation ids that `config.split_scheme` moves into train are
+  dropped. None when the split is empty (no validation, no export/best).
+  """
+  protocol = base.validate_config(config)
+  examples = base.load_examples(config, config.val_split)
+  moved = set(base.moved_to_train(config))
+  examples = [e for e in examples if str(e["id"]) not in moved]
+  if not examples:
+    return None
+  try:
+    return train_data.prepare_split(examples, protocol, config.dataset, image_size, profile)
+  except (ValueError, base.DatasetError) as e:
+    raise base.TrainingError(f"{config.dataset}/{config.val_split}: {e}") from None
 
 
 def make_stream(config: ConfigDict, image_size: int, profile: str):
@@ -245,7 +398,8 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
 
   Returns:
     {"step_losses": [float], "total_steps": int, "exports": {name: path},
-     "trainable_parameters": int, "optimizer_state_elements": int}.
+     "validation": [{"epoch", "train_loss", "dsc", "nsd"}], "best_epoch":
+     int | None, "trainable_parameters": int, "optimizer_state_elements": int}.
   Raises:
     TrainingError: bad config, workdir or adapter, before any work.
   """
@@ -280,6 +434,9 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
   else:
     total_steps = int(config.epochs) * -(-num_examples // batch_size)
 
+  val = None if num_examples is None else load_validation(config, image_size, profile)
+  steps_per_epoch = None if num_examples is None else -(-num_examples // batch_size)
+
   graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
   mesh = base.make_mesh()
   replicated = NamedSharding(mesh, P())
@@ -291,16 +448,15 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
   train_step = make_image_steps(graphdef, train_state, frozen_state, tx, config, mesh,
                                 image_size)
 
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
-                                         create=True)
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints", "last"),
-                                  options=options)
-  meta = {"step": 0, "step_losses": [], "data_iterator": None}
+  manager, best_manager = base.managers(workdir)
+  meta = {"step": 0, "epoch": 0, "best_dsc": None, "best_epoch": None, "step_losses": [],
+          "validation": [], "data_iterator": None}
   iterator = pipeline.make_iterator(local, int(config.get("data_threads", 2)))
   if manager.latest_step() is not None:
     params, opt_state, meta = base._restore(manager, manager.latest_step(), params, opt_state,
                                             "params")
     iterator.set_state(meta["data_iterator"])
+  predict, encode = make_predict(graphdef, train_state, frozen_state)
 
   writer = bar = None
   if primary and meta["step"] < total_steps:
@@ -328,7 +484,18 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
       if bar is not None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-      if (every > 0 and meta["step"] % every == 0) or meta["step"] == total_steps:
+      end_of_epoch = val is not None and (meta["step"] % steps_per_epoch == 0
+                                          or meta["step"] == total_steps)
+      if end_of_epoch:
+        meta["data_iterator"] = iterator.get_state()
+        epoch_start = meta["epoch"] * steps_per_epoch
+        val.embeddings = train_data.encode_images(encode, (params, frozen), val.images,
+                                                  image_size, profile)
+        scores = base.validate(predict, params, frozen, val, float(config.nsd_tolerance))
+        base.finish_epoch(meta, meta["step_losses"][epoch_start:], scores, params, opt_state,
+                          (manager, best_manager), writer, bar, progress,
+                          -(-total_steps // steps_per_epoch), "params")
+      elif (every > 0 and meta["step"] % every == 0) or meta["step"] == total_steps:
         meta["data_iterator"] = iterator.get_state()
         base._save(manager, meta["step"], params, opt_state, meta, "params")
         if writer is not None:
@@ -361,8 +528,25 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
     else:
       exports["last"] = _export(os.path.join(workdir, "export", "last"), full, base_config,
                                 source, profile)
+  if val is not None:
+    # The best validation epoch, as an ordinary (merged) checkpoint.
+    best, _, best_meta = base._restore(best_manager, best_manager.latest_step(), params,
+                                       opt_state, "params")
+    if primary:
+      best_full = nnx.to_pure_dict(nnx.state(nnx.merge(
+          graphdef, base._to_state(train_state, jax.device_get(best)),
+          base._to_state(frozen_state, frozen_host))))
+      if config.mode == "lora":
+        best_full = lora_lib.merge_lora(best_full, int(config.lora_rank),
+                                        float(config.lora_alpha))
+      exports["best"] = _export(os.path.join(workdir, "export", "best"), best_full,
+                                base_config, {**source, "step": best_meta["step"],
+                                              "epoch": best_meta["epoch"],
+                                              "validation": best_meta["validation"][-1]},
+                                profile)
   history = {"step_losses": meta["step_losses"], "total_steps": total_steps,
-             "exports": exports,
+             "exports": exports, "validation": meta.get("validation", []),
+             "best_epoch": meta.get("best_epoch"),
              "trainable_parameters": int(sum(np.size(x) for x in jax.tree.leaves(pure))),
              "optimizer_state_elements": int(sum(np.size(x) for x in jax.tree.leaves(opt_state)
                                                  if hasattr(x, "size")))}

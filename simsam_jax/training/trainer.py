@@ -396,7 +396,8 @@ def moved_to_train(config: ConfigDict) -> list[str]:
 # ----------------------------------------------------------------------------
 
 
-def _managers(workdir: str):
+def managers(workdir: str):
+  """(last, best) Orbax CheckpointManagers under WORKDIR/checkpoints."""
   options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
                                          create=True)
   root = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -427,6 +428,50 @@ def _restore(manager, step: int, params, opt_state, name: str = "decoder"):
   leaves = [restored.state["optimizer"][k] for k in sorted(restored.state["optimizer"])]
   opt = jax.tree.unflatten(jax.tree.structure(opt_state), leaves)
   return restored.state[name], opt, dict(restored.meta)
+
+
+def finish_epoch(meta: dict[str, Any], epoch_losses, scores: dict[str, float], params,
+                 opt_state, managers, writer, bar, progress: bool, epochs: int,
+                 name: str = "decoder") -> None:
+  """Records an epoch's validation, keeps the best, saves the last (every mode).
+
+  Appends {"epoch", "train_loss", **scores} to meta["validation"], advances
+  meta["epoch"], writes the TensorBoard scalars (`writer` may be None: not
+  the writing process), saves the state to the best manager when the DSC
+  improves (NaN never does; ties keep the earlier epoch) and to the last
+  manager, and prints one line under the progress bar.
+
+  Args:
+    meta: the run's JSON metadata (step, epoch, best_dsc, best_epoch,
+      step_losses, validation), updated in place.
+    epoch_losses: the epoch's per-step train losses.
+    scores: `validate`'s {"dsc", "nsd"} of the epoch.
+    managers: (last, best) Orbax CheckpointManagers; `name` is the
+      parameters' key in the saved composite.
+  """
+  last_manager, best_manager = managers
+  epoch = meta["epoch"]
+  record = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), **scores}
+  meta["validation"].append(record)
+  meta["epoch"] = epoch + 1
+  if writer is not None:
+    writer.add_scalar("train/epoch_loss", record["train_loss"], meta["step"])
+    writer.add_scalar("val/dsc", scores["dsc"], meta["step"])
+    writer.add_scalar("val/nsd", scores["nsd"], meta["step"])
+  score = scores["dsc"] if math.isfinite(scores["dsc"]) else -math.inf
+  if meta["best_dsc"] is None or score > meta["best_dsc"]:
+    meta["best_dsc"], meta["best_epoch"] = score, epoch + 1
+    if best_manager.latest_step() != meta["step"]:
+      _save(best_manager, meta["step"], params, opt_state, meta, name)
+  _save(last_manager, meta["step"], params, opt_state, meta, name)
+  if writer is not None:
+    writer.flush()
+  message = (f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}, "
+             f"val DSC {100 * scores['dsc']:.2f}, NSD {100 * scores['nsd']:.2f}")
+  if bar is not None:
+    bar.write(message)
+  elif progress and writer is not None:
+    print(message)
 
 
 def close_outputs(writer, bar) -> None:
@@ -526,7 +571,7 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
   train_step, predict, _ = make_steps(graphdef, decoder_state, frozen_state, tx,
                                       float(config.iou_target_threshold), mesh, config.loss)
 
-  last_manager, best_manager = _managers(workdir)
+  last_manager, best_manager = managers(workdir)
   meta = {"step": 0, "epoch": 0, "best_dsc": None, "best_epoch": None, "step_losses": [],
           "validation": []}
   if last_manager.latest_step() is not None:
@@ -567,25 +612,8 @@ def finetune(config: ConfigDict, workdir: str, progress: bool = True) -> dict[st
       # End of epoch: validation, best, last.
       epoch_losses = meta["step_losses"][epoch * steps_per_epoch:]
       scores = validate(predict, params, frozen, val, float(config.nsd_tolerance))
-      record = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), **scores}
-      meta["validation"].append(record)
-      meta["epoch"] = epoch + 1
-      writer.add_scalar("train/epoch_loss", record["train_loss"], meta["step"])
-      writer.add_scalar("val/dsc", scores["dsc"], meta["step"])
-      writer.add_scalar("val/nsd", scores["nsd"], meta["step"])
-      score = scores["dsc"] if math.isfinite(scores["dsc"]) else -math.inf
-      if meta["best_dsc"] is None or score > meta["best_dsc"]:
-        meta["best_dsc"], meta["best_epoch"] = score, epoch + 1
-        if best_manager.latest_step() != meta["step"]:
-          _save(best_manager, meta["step"], params, opt_state, meta)
-      _save(last_manager, meta["step"], params, opt_state, meta)
-      writer.flush()
-      message = (f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}, "
-                 f"val DSC {100 * scores['dsc']:.2f}, NSD {100 * scores['nsd']:.2f}")
-      if bar is not None:
-        bar.write(message)
-      elif progress:
-        print(message)
+      finish_epoch(meta, epoch_losses, scores, params, opt_state,
+                   (last_manager, best_manager), writer, bar, progress, epochs)
   finally:
     close_outputs(writer, bar)
 
