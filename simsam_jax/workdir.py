@@ -59,15 +59,24 @@ def config_dict(config: ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def refuse_changed_config(workdir: str, current: dict[str, Any], keys) -> None:
-  """ValueError if `workdir/config.json` differs from `current` on `keys`."""
+def refuse_changed_config(workdir: str, current: dict[str, Any], keys,
+                          implied: dict[str, Any] | None = None) -> None:
+  """ValueError if `workdir/config.json` differs from `current` on `keys`.
+
+  `implied` gives, for keys that older versions did not record, the value
+  their behaviour had, so that a run recorded before the key existed resumes
+  when the current value keeps that behaviour (and is refused, naming the key
+  and both values, when it does not).
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   with open(path) as f:
     previous = json.load(f)
-  diff = {k: (previous.get(k), current.get(k)) for k in keys
-          if previous.get(k) != current.get(k)}
+  implied = implied or {}
+  previous = {k: previous.get(k, implied.get(k)) for k in keys}
+  diff = {k: (previous[k], current.get(k)) for k in keys
+          if previous[k] != current.get(k)}
   if diff:
     lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
     raise ValueError(f"--workdir={workdir} holds a run with a different config ({lines}); "

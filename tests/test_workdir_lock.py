@@ -163,3 +163,20 @@ def test_a_failed_run_keeps_what_it_wrote_and_drops_its_lock_files(tmp_path, sha
     with workdir_lib.lock(str(tmp_path / "v"), shard):
       raise RuntimeError("failed at once")
   assert not (tmp_path / "v").exists()
+
+
+def test_older_records_resume_through_implied_values(tmp_path):
+  """A key an older run did not record counts as the behaviour it had."""
+  import json
+  (tmp_path / "config.json").write_text(json.dumps({"k": 3}))
+  implied = {"first_prompt": "box", "attention_query_rows": 0}
+  keys = ("k", "first_prompt", "attention_query_rows")
+  workdir_lib.refuse_changed_config(
+      str(tmp_path), {"k": 3, "first_prompt": "box", "attention_query_rows": 0}, keys, implied)
+  with pytest.raises(ValueError, match=r"attention_query_rows: 0 -> 16") as e:
+    workdir_lib.refuse_changed_config(
+        str(tmp_path), {"k": 3, "first_prompt": "box", "attention_query_rows": 16}, keys, implied)
+  assert "first_prompt" not in str(e.value) and str(tmp_path) in str(e.value)
+  with pytest.raises(ValueError, match=r"first_prompt: None -> 'box'"):  # nothing implied
+    workdir_lib.refuse_changed_config(str(tmp_path), {"k": 3, "first_prompt": "box"},
+                                      ("k", "first_prompt"))

@@ -92,6 +92,9 @@ IMAGE_RESULT_KEYS = base.RESULT_KEYS + (
     "mode", "prompt", "num_rounds", "lora_rank", "lora_alpha", "lora_decoder", "steps",
     "augment", "architecture", "init_seed", "warmup_steps", "remat", "first_prompt",
     "attention_query_rows")
+# What a run recorded before these keys existed did: interactive runs started
+# from the box, global attention was not chunked.
+IMPLIED_BY_OLDER_RUNS = {"first_prompt": "box", "attention_query_rows": 0}
 
 
 class RematBlock(Block):
@@ -420,7 +423,7 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
   if primary:
     try:
       base.workdir_lib.refuse_changed_config(workdir, base._config_dict(config),
-                                             IMAGE_RESULT_KEYS)
+                                             IMAGE_RESULT_KEYS, IMPLIED_BY_OLDER_RUNS)
     except ValueError as e:
       raise base.TrainingError(str(e)) from None
     base.check_workdir(workdir, config, architecture)
