@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,9 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import timed  # noqa: E402
 
 _PRESET = flags.DEFINE_string("preset", "vit_b", "SAM preset (random weights).")
 _BATCH = flags.DEFINE_integer("batch", 2, "Global batch.")
@@ -72,7 +73,7 @@ def time_mode(mode: str) -> dict:
     params = jax.device_put(nnx.to_pure_dict(train_state), rep)
     frozen = jax.device_put(nnx.to_pure_dict(frozen_state), rep)
     tx = trainer.make_optimizer(config, 1000)
-    opt = tx.init(params)
+    opt = jax.device_put(tx.init(params), rep)  # as the step returns it (no recompile)
     step, _, _ = trainer.make_steps(graphdef, train_state, frozen_state, tx, 0.5, mesh)
     emb = jnp.asarray(rng.standard_normal((b, g, g, c), np.float32))
     args = lambda: (emb, jnp.asarray(box), jnp.asarray(target), jnp.ones((b,), jnp.float32))
@@ -83,7 +84,7 @@ def time_mode(mode: str) -> dict:
     params = jax.device_put(nnx.to_pure_dict(train_state), rep)
     frozen = jax.device_put(nnx.to_pure_dict(frozen_state), rep)
     tx = trainer.make_optimizer(config, 1000)
-    opt = tx.init(params)
+    opt = jax.device_put(tx.init(params), rep)  # as the step returns it (no recompile)
     step = image_trainer.make_image_steps(graphdef, train_state, frozen_state, tx, config,
                                           mesh, s)
     batch = {"pixels": jnp.asarray(rng.standard_normal((b, s, s, 3), np.float32)),
@@ -91,17 +92,14 @@ def time_mode(mode: str) -> dict:
              "box": jnp.asarray(box)}
     run = lambda p, o: step(p, o, frozen, batch, jax.random.PRNGKey(0))
   trainable_n, opt_n = _size(params), _size(opt)
-  t0 = time.perf_counter()
-  params, opt, loss = run(params, opt)
-  jax.block_until_ready(loss)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(_STEPS.value):
-    t0 = time.perf_counter()
-    params, opt, loss = run(params, opt)
+  carry = [params, opt]
+
+  def one_step():  # the state carries over, as in training
+    carry[0], carry[1], loss = run(*carry)
     jax.block_until_ready(loss)
-    times.append(time.perf_counter() - t0)
-  med = statistics.median(times)
+
+  t = timed(one_step, _STEPS.value)
+  compile_s, med, times = t["first_s"], t["median_s"], t["times_s"]
   return {"mode": mode, "compile_and_first_step_s": compile_s, "step_s": med,
           "steps_per_s": 1.0 / med, "trainable": trainable_n, "optimizer_state": opt_n,
           "times": times}
