@@ -35,6 +35,9 @@ INSTALL_REQUIRES = [
 # build of several GB.
 TEST_REQUIRES = [
     "pytest",
+    # Two workers (pytest.ini's addopts); the suite is compile- and
+    # subprocess-bound.
+    "pytest-xdist",
     "torch==2.13.0",
     "transformers",
     "segment-anything",

@@ -151,9 +151,18 @@ def test_bfloat16_agrees_with_float32_on_every_real_image(decisive_model):
   sam_agree, simsam_agree, sam_fg, simsam_fg, click_overlap = [], [], [], [], []
   same_chosen = 0
   clicks = lambda o: {(int(x), int(y), int(l)) for (x, y), l in zip(o.clicks, o.labels)}
+  # The CVC PNG copies are pixel-identical to the TIFF frames (PROVENANCE.md):
+  # identical inputs to the same compiled programs give identical outputs, so
+  # each distinct (image, box) runs once and every image still enters the
+  # statistics below.
+  runs = {}
   for example in examples:
-    pixels, info = processing.preprocess(example.image)
-    out = {p: jax.device_get(e.run(pixels, example.box, info)) for p, e in engines.items()}
+    key = (example.image.shape, example.image.tobytes(), np.asarray(example.box).tobytes())
+    if key not in runs:
+      pixels, info = processing.preprocess(example.image)
+      runs[key] = {p: jax.device_get(e.run(pixels, example.box, info))
+                   for p, e in engines.items()}
+    out = runs[key]
     f32, bf16 = out["float32"], out["bfloat16"]
     assert f32.mask.shape == bf16.mask.shape == (256, 256)
     for name in ("low_res_logits", "candidate_logits", "candidate_iou", "scores",
