@@ -154,7 +154,12 @@ def _acquire(path: str, exclusive: bool, what: str, workdir: str):
   made again and the lock taken again.
   """
   while True:
-    os.makedirs(workdir, exist_ok=True)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except FileExistsError:  # made and removed by another run between two checks
+      if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise
+      continue
     try:
       f = open(path, "a+")
     except FileNotFoundError:  # the folder was removed just now

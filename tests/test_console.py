@@ -6,7 +6,20 @@ import os
 from absl import flags
 from absl import logging as absl_logging
 
+import pytest
+
 from simsam_jax import console
+
+
+@pytest.fixture(autouse=True)
+def _default_verbosity():
+  """absl's default --verbosity=0 (INFO), as a launcher has after parsing its
+  flags, whatever an earlier test in this process left."""
+  flags.FLAGS.mark_as_parsed()
+  before = flags.FLAGS.verbosity
+  absl_logging.set_verbosity(absl_logging.INFO)
+  yield
+  absl_logging.set_verbosity(before)
 
 
 def test_info_goes_to_the_file_warnings_to_both(tmp_path):
