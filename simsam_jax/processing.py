@@ -173,6 +173,16 @@ def preprocess_shape(height: int, width: int,
   return new_height, new_width
 
 
+def _grey_to_three_channels(array: np.ndarray) -> np.ndarray:
+  """(H, W) or (H, W, 1) -> (H, W, 3) by repeating the channel; other shapes
+  unchanged (the caller checks them with its own message)."""
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    array = np.repeat(array[..., None], 3, axis=-1)
+  return array
+
+
 def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
   """Checks a uint8 image and returns it as a contiguous HxWx3 array.
 
@@ -185,10 +195,7 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
   if image.dtype != np.uint8:
     raise ValueError(f"{name} must be uint8 (values 0-255), got dtype "
                      f"{image.dtype}")
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  if image.ndim == 2:
-    image = np.repeat(image[..., None], 3, axis=-1)
+  image = _grey_to_three_channels(image)
   if image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"{name} must be HxW, HxWx1 or HxWx3 (RGB), got shape "
                      f"{image.shape}")
@@ -672,10 +679,7 @@ def _as_image(array: np.ndarray, policy: ReadPolicy, intensity: Optional[Intensi
     applied = INTENSITY_NONE
   else:
     array, applied = apply_intensity(array, intensity, name)
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim == 2:
-    array = np.repeat(array[..., None], 3, axis=-1)
+  array = _grey_to_three_channels(array)
   if array.ndim != 3 or array.shape[-1] != 3:
     raise ReadError(f"{name}: expected a single 2-D grayscale, RGB or RGBA image, got an "
                     f"array of shape {array.shape}", "shape", shape=array.shape)

@@ -66,7 +66,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
@@ -74,7 +73,7 @@ from ml_collections import ConfigDict
 from simsam_jax import profiles
 from simsam_jax.checkpoint import save_checkpoint
 from simsam_jax.modeling.config import SamConfig
-from simsam_jax.modeling.image_encoder import Attention, Block, relative_position_index
+from simsam_jax.modeling.image_encoder import Attention, Block
 from simsam_jax.modeling.layers import attend
 from simsam_jax.modeling.sam import build_sam
 from simsam_jax.training import data as train_data
@@ -130,21 +129,17 @@ class ChunkedAttention(Attention):
       return Attention.__call__(self, x)
     heads = self.num_heads
     d = c // heads
-    cast = self.policy.cast
     qkv = self.qkv(x).reshape(b, h * w, 3, heads, d)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
     chunks = h // rows
     q_chunks = q.reshape(b, chunks, rows, w, heads, d).swapaxes(0, 1)  # (K, B, r, W, N, D)
-    rh = self.rel_pos_h[...][relative_position_index(h)].reshape(chunks, rows, h, d)
-    rw = cast(self.rel_pos_w[...][relative_position_index(w)])  # (W, Wk, D)
+    rh, rw = self.relative_position_tables(h, w)  # (H, Hk, D), (W, Wk, D)
+    rh = rh.reshape(chunks, rows, h, d)
 
     @jax.checkpoint
     def one(args):
       q_c, rh_c = args  # (B, r, W, N, D), (r, Hk, D)
-      qc = cast(q_c)
-      rel_h = jnp.einsum("bhwnd,hkd->bnhwk", qc, cast(rh_c), preferred_element_type=jnp.float32)
-      rel_w = jnp.einsum("bhwnd,wkd->bnhwk", qc, rw, preferred_element_type=jnp.float32)
-      bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, rows * w, h * w)
+      bias = self.relative_position_bias(q_c, rh_c, rw)  # (B, N, r * W, T)
       return attend(q_c.reshape(b, rows * w, heads, d), k, v, self.policy, bias=bias,
                     scale=self.scale)
 

@@ -136,16 +136,28 @@ class Attention(nnx.Module):
     self.rel_pos_h = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
     self.rel_pos_w = nnx.Param(init(rngs.params(), (2 * input_size - 1, head_dim)))
 
-  def relative_position_bias(self, q: jax.Array) -> jax.Array:
-    """q: (B, H, W, N, D) unscaled queries -> (B, N, H*W, H*W) float32 bias."""
-    b, h, w, n, _ = q.shape
+  def relative_position_tables(self, h: int, w: int) -> tuple[jax.Array, jax.Array]:
+    """The (H, Hk, D) and (W, Wk, D) relative-position tables of an H x W grid."""
+    return (self.rel_pos_h[...][relative_position_index(h)],
+            self.rel_pos_w[...][relative_position_index(w)])
+
+  def relative_position_bias(self, q: jax.Array, rh: jax.Array | None = None,
+                             rw: jax.Array | None = None) -> jax.Array:
+    """q: (B, r, W, N, D) unscaled queries -> (B, N, r*W, Hk*Wk) float32 bias.
+
+    `rh` (r, Hk, D) / `rw` (W, Wk, D) are the tables' rows of these queries
+    (default: the whole grid, r = H = Hk, from `relative_position_tables`);
+    a subset of query rows gives the bias of those queries only.
+    """
+    b, r, w, n, _ = q.shape
+    if rh is None or rw is None:
+      rh, rw = self.relative_position_tables(r, w)
     cast = self.policy.cast
-    rh = cast(self.rel_pos_h[...][relative_position_index(h)])  # (H, Hk, D)
-    rw = cast(self.rel_pos_w[...][relative_position_index(w)])  # (W, Wk, D)
     q = cast(q)
-    rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, rh, preferred_element_type=jnp.float32)
-    rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, rw, preferred_element_type=jnp.float32)
-    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, h * w, h * w)
+    rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, cast(rh), preferred_element_type=jnp.float32)
+    rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, cast(rw), preferred_element_type=jnp.float32)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(
+        b, n, r * w, rh.shape[1] * rw.shape[1])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
