@@ -33,7 +33,8 @@ _BATCH = flags.DEFINE_integer("batch", 2, "Global batch.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per mode (after one warm-up).")
 _MODES = flags.DEFINE_list("modes", ["decoder", "lora", "full"], "Modes to time.")
 _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
-_REMAT = flags.DEFINE_boolean("remat", True, "lora / full: nnx.remat on encoder blocks.")
+_REMAT = flags.DEFINE_boolean("remat", None, "lora / full: nnx.remat on encoder blocks "
+                              "(default: each mode's, full on, lora off).")
 _ROWS = flags.DEFINE_integer("attention_query_rows", 16,
                              "lora / full: global attention in chunks of this many query rows.")
 _MEMORY = flags.DEFINE_boolean(
@@ -45,7 +46,9 @@ def _config(mode: str):
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
   import finetune as finetune_config  # pylint: disable=import-outside-toplevel
   c = finetune_config.get_config("busi")
-  c.mode, c.prompt, c.lora_rank, c.remat = mode, "box", _RANK.value, _REMAT.value
+  c.mode, c.prompt, c.lora_rank = mode, "box", _RANK.value
+  if _REMAT.value is not None:
+    c.remat = _REMAT.value
   c.attention_query_rows = _ROWS.value
   c.checkpoint = f"random:{_PRESET.value}"
   return c
@@ -100,7 +103,8 @@ def time_mode(mode: str) -> dict:
 
   t = timed(one_step, _STEPS.value)
   compile_s, med, times = t["first_s"], t["median_s"], t["times_s"]
-  return {"mode": mode, "compile_and_first_step_s": compile_s, "step_s": med,
+  remat = "-" if mode == "decoder" else str(image_trainer.remat_enabled(config)).lower()
+  return {"mode": mode, "remat": remat, "compile_and_first_step_s": compile_s, "step_s": med,
           "steps_per_s": 1.0 / med, "trainable": trainable_n, "optimizer_state": opt_n,
           "times": times}
 
@@ -112,18 +116,20 @@ def main(argv):
         f"load {os.getloadavg()[0]:.1f}; preset {_PRESET.value}, batch {_BATCH.value}")
   if _MEMORY.value:
     from simsam_jax.training import image_trainer  # pylint: disable=import-outside-toplevel
-    print("mode  arguments(GiB)  temporaries(GiB)  peak(GiB)  (XLA's compiled estimate)")
+    print("mode  remat  arguments(GiB)  temporaries(GiB)  peak(GiB)  (XLA's compiled estimate)")
     for mode in _MODES.value:
       if mode != "decoder":
-        r = image_trainer.compiled_step_memory(_config(mode), _BATCH.value)
-        print(f"{mode:5s} {r['argument_bytes'] / 2**30:15.2f} {r['temp_bytes'] / 2**30:17.2f} "
-              f"{r['peak_bytes'] / 2**30:10.2f}", flush=True)
+        config = _config(mode)
+        r = image_trainer.compiled_step_memory(config, _BATCH.value)
+        remat = str(image_trainer.remat_enabled(config)).lower()
+        print(f"{mode:5s} {remat:5s} {r['argument_bytes'] / 2**30:15.2f} "
+              f"{r['temp_bytes'] / 2**30:17.2f} {r['peak_bytes'] / 2**30:10.2f}", flush=True)
     return
-  print("mode     compile+1st(s)  step(s)  steps/s  trainable  optimizer_state")
+  print("mode     remat  compile+1st(s)  step(s)  steps/s  trainable  optimizer_state")
   for mode in _MODES.value:
     r = time_mode(mode)
-    print(f"{r['mode']:8s} {r['compile_and_first_step_s']:14.1f} {r['step_s']:8.3f} "
-          f"{r['steps_per_s']:8.3f} {r['trainable']:10d} {r['optimizer_state']:16d}",
+    print(f"{r['mode']:8s} {r['remat']:5s} {r['compile_and_first_step_s']:14.1f} "
+          f"{r['step_s']:8.3f} {r['steps_per_s']:8.3f} {r['trainable']:10d} {r['optimizer_state']:16d}",
           flush=True)
 
 

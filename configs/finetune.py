@@ -35,6 +35,8 @@ The defaults reproduce what the published code trains:
     validation = 10 % of the official training set).
 """
 
+from ml_collections import config_dict
+
 from simsam_jax.evaluation.config import get_eval_config
 
 
@@ -79,7 +81,12 @@ def get_config(arg: str = "busi"):
   c.lora_alpha = 8.0  # the adapters' output is scaled by alpha / rank
   c.lora_decoder = False  # also adapt the mask decoder's attention
   c.lora_export = "merged"  # "merged", "adapter" or "both"
-  c.remat = True  # lora / full: rematerialise the encoder blocks (nnx.remat)
+  # lora / full: rematerialise the encoder blocks (nnx.remat). None = the
+  # mode's default: full True, lora False (LoRA's frozen matmuls keep no
+  # input activations for their backward; XLA estimates the same ViT-B
+  # batch-2 peak with and without remat, and the step is ~1.3x faster
+  # without; benchmarks/RESULTS.md).
+  c.remat = config_dict.placeholder(bool)
   # lora / full: global attention over chunks of this many grid rows of
   # queries, each rematerialised (0 = all queries at once); 16 splits
   # ViT's 64 x 64 grid at 1024 into 4 chunks (see benchmarks/RESULTS.md).

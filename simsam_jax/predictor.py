@@ -62,7 +62,7 @@ from simsam_jax.modeling import Policy, SamConfig, SamFunctions, make_sam_functi
 from simsam_jax.modeling.policy import policy_from_flags
 from simsam_jax.prompts import Box, Point, PredictorError
 from simsam_jax.simsam import SimSam, SimSamConfig, SimSamOutput
-from simsam_jax.simsam.engine import data_parallel
+from simsam_jax.simsam.engine import StateReplicas, data_parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +345,7 @@ class Predictor:
 
     self._predict = jax.jit(one, static_argnames=("info", "multimask"))
     self._batch = jax.jit(batch, static_argnames=("info", "multimask"))
+    self._replicas = StateReplicas()  # `predict_batch`'s replicated state
 
   @classmethod
   def load(cls, spec: str, *, precision: str = "float32",
@@ -683,7 +684,8 @@ class Predictor:
       out = data_parallel(self._batch, self.sam.state,
                           (jnp.asarray(pixels), coords, labels, boxes_m),
                           jax.local_devices() if devices is None else devices,
-                          info=info, multimask=bool(multimask))
+                          replicas=self._replicas, info=info,
+                          multimask=bool(multimask))
       masks, iou, low = jax.device_get(out)
       for row, i in enumerate(indices):
         results[i] = Prediction(np.asarray(masks[row]),

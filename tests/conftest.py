@@ -34,3 +34,42 @@ def require_shared_data(folder: pathlib.Path = SHARED_DATA) -> pathlib.Path:
 def shared_data() -> pathlib.Path:
   """The real sample images (outside the repository); see `require_shared_data`."""
   return require_shared_data()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the run: both workers, their subprocesses.
+
+  Many tests compile the same programs (the random `tiny` SAM in-process,
+  then again in the launchers' subprocesses); with the cache each is
+  compiled once per run. It is new for every run (under pytest's base
+  temporary folder, shared by the xdist workers), so no test depends on an
+  earlier run, and a program read from it is the one compilation gives (XLA
+  compiles deterministically). The size limit turns on the cache's file lock
+  (two workers write to it). Tests that count compilations count cache hits
+  too. A module that sets its own cache folder later keeps this one (JAX
+  opens its cache once per process).
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  folder = root / "jax_compilation_cache"
+  folder.mkdir(exist_ok=True)
+  settings = {"JAX_COMPILATION_CACHE_DIR": str(folder),
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+              "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30)}
+  previous = {name: os.environ.get(name) for name in settings}
+  os.environ.update(settings)  # subprocesses inherit it
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_compilation_cache_max_size")
+  before = {n: getattr(jax.config, n) for n in names}
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+  yield folder
+  for n, v in before.items():
+    jax.config.update(n, v)
+  for name, value in previous.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value

@@ -80,7 +80,9 @@ def record_fetch(self, handle):
 runner_lib.BatchRunner.__init__ = record_init
 runner_lib.BatchRunner.fetch = record_fetch
 def listener(event, duration, **kwargs):
-  if event == "/jax/core/compile/backend_compile_duration" and fetched:
+  # compiled, or taken from the persistent compilation cache instead
+  if event in ("/jax/core/compile/backend_compile_duration",
+               "/jax/compilation_cache/cache_retrieval_time_sec") and fetched:
     late.append(event)
 monitoring.register_event_duration_secs_listener(listener)
 

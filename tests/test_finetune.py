@@ -89,24 +89,13 @@ def _flat(tree):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, jax_compilation_cache):
   root = tmp_path_factory.mktemp("busi_manual")
   data_fixtures.make_busi_tree(root, CASES)
+  # The run's persistent XLA cache (conftest.py), shared with the subprocesses.
   return {"manual_dir": str(root), "data_dir": str(tmp_path_factory.mktemp("tfds")),
           "cache_dir": str(tmp_path_factory.mktemp("embedding_cache")),
-          "jax_cache": str(tmp_path_factory.mktemp("jax_cache"))}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(dataset):
-  """A persistent XLA cache shared with the subprocesses (saves recompiling)."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  previous = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", dataset["jax_cache"])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  yield
-  for n, v in previous.items():
-    jax.config.update(n, v)
+          "jax_cache": str(jax_compilation_cache)}
 
 
 @pytest.fixture(scope="module")

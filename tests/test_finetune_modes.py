@@ -77,17 +77,10 @@ def data_dir(tmp_path_factory):
   return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent XLA cache: the resumed runs and subprocesses reuse the programs."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  previous = {n: getattr(jax.config, n) for n in names}
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  yield cache
-  for n, v in previous.items():
-    jax.config.update(n, v)
+@pytest.fixture(scope="module")
+def compilation_cache(jax_compilation_cache):
+  """The run's persistent XLA cache (conftest.py): the subprocesses reuse the programs."""
+  return str(jax_compilation_cache)
 
 
 # Both runs use interactive prompts with one click round (lora: box starts,
@@ -532,3 +525,16 @@ def test_compiled_memory_remat_and_query_chunks():
   assert plain[0] == remat[0] == chunked[0]
   assert 0.75 * plain[1] < remat[1] < 1.25 * plain[1], (plain, remat)
   assert chunked[1] < 0.75 * remat[1], (remat, chunked)
+
+
+def test_remat_defaults_per_mode(runs):
+  """`remat` None (the config's default): `full` rematerialises its encoder
+  blocks, `lora` does not; an explicit value wins; the workdir records the
+  resolved value (so resuming compares like with like)."""
+  from ml_collections import ConfigDict
+  assert _finetune_config().remat is None
+  for mode, want in (("full", True), ("lora", False)):
+    assert image_trainer.remat_enabled(ConfigDict(dict(mode=mode, remat=None))) is want
+    assert image_trainer.remat_enabled(ConfigDict(dict(mode=mode, remat=not want))) is (not want)
+    with open(os.path.join(runs[mode][0], "config.json")) as f:
+      assert json.load(f)["remat"] is want

@@ -302,11 +302,12 @@ class Result:
 class Workspace:
   """A folder standing in for the user's machine, and the job pool."""
 
-  def __init__(self, root: pathlib.Path, sources: Dict[str, pathlib.Path]):
+  def __init__(self, root: pathlib.Path, sources: Dict[str, pathlib.Path],
+               cache: pathlib.Path):
     self.root = root
     self.cwd = root / "work"
     self.sources = sources
-    self.cache = root / "jax_cache"
+    self.cache = cache  # the run's persistent XLA cache (conftest.py)
     self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS)
     self._lock = threading.Lock()
     self._futures: Dict[object, concurrent.futures.Future] = {}
@@ -338,7 +339,7 @@ class Workspace:
       env["JAX_COMPILATION_CACHE_DIR"] = str(self.cache)
       env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
       # A size limit turns on the cache's file lock (commands run in parallel).
-      env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+      env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
     return env
 
   def run(self, command: str, home: pathlib.Path, cwd: Optional[pathlib.Path] = None,
@@ -389,7 +390,7 @@ def _text(data) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, jax_compilation_cache):
   """The workspace: checkpoints/sam_vit_b, benign.png, configs, README files."""
   import torch_reference as tr
   from simsam_jax.checkpoint import convert_checkpoint
@@ -402,7 +403,7 @@ def workspace(tmp_path_factory):
   pth = pathlib.Path(tr.save_official_pth(official, str(sources_dir / "sam_tiny.pth")))
   folder = sources_dir / "hf_tiny"
   tr.save_hf_folder(hf, str(folder))
-  ws = Workspace(root, {"pth": pth, "hf_folder": folder})
+  ws = Workspace(root, {"pth": pth, "hf_folder": folder}, jax_compilation_cache)
 
   cwd = ws.cwd
   cwd.mkdir()

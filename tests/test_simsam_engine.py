@@ -334,6 +334,20 @@ def test_batch_equals_per_image(engine, batch, batch_out):
   assert not np.array_equal(got["mask"][0], got["mask"][2])
 
 
+def test_replicated_state_is_kept_until_the_state_changes(engine):
+  from simsam_jax.simsam.engine import StateReplicas  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+  replicas = StateReplicas()
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  first = replicas.get(engine.state, mesh)
+  assert replicas.get(engine.state, mesh) is first  # same state object: no new copy
+  new_state = jax.tree.map(lambda x: x + 1, engine.state)  # new weights: copied again
+  renewed = replicas.get(new_state, mesh)
+  assert renewed is not first
+  leaf = lambda tree: np.asarray(jax.tree.leaves(tree)[0])
+  np.testing.assert_array_equal(leaf(renewed), leaf(engine.state) + 1)
+
+
 def test_batch_on_four_devices_equals_one_device(four_devices, batch, batch_out):
   if four_devices is None:
     pytest.skip("compares 4 forced host (CPU) devices with an in-process CPU run; "

@@ -85,6 +85,7 @@ class SimSam:
     self._from_embedding = jax.jit(from_embedding, static_argnames=("info",))
     self._full = jax.jit(full, static_argnames=("info",))
     self._batch = jax.jit(batch, static_argnames=("info",))
+    self.replicas = StateReplicas()  # `run_batch`'s replicated state
     self.stages = _Stages(graphdef, self.config)
 
   # -- helpers ---------------------------------------------------------------
@@ -154,10 +155,38 @@ class SimSam:
       keys = jnp.stack([self.default_key()] * b)
     gts = None if ground_truths is None else jnp.asarray(np.asarray(ground_truths, bool))
     return data_parallel(self._batch, self.state, (jnp.asarray(pixels), jnp.asarray(boxes),
-                                                   keys, gts), devices, info=info)
+                                                   keys, gts), devices,
+                         replicas=self.replicas, info=info)
 
 
-def data_parallel(batched_fn, state, arrays, devices=None, **static):
+class StateReplicas:
+  """A model state put replicated on a device mesh, kept for the next call.
+
+  `data_parallel` needs the parameters on every device of its mesh; putting
+  them there on every call copies all weights (ViT-H: 2.5 GB) to every
+  device each time. An owner (`SimSam`, `InteractiveSam`, `Predictor`) keeps
+  one `StateReplicas` and passes it to `data_parallel`: the copy is made once
+  per (state object, devices) and reused. Assigning a new state object to
+  the owner (e.g. new weights) makes the next call copy again; changing
+  leaves of the same state object in place is not seen.
+  """
+
+  def __init__(self):
+    self._state = None
+    self._devices: tuple = ()
+    self._replicated = None
+
+  def get(self, state, mesh: Mesh):
+    """`state` replicated over `mesh` (cached while `state` is the same object)."""
+    devices = tuple(mesh.devices.flat)
+    if state is not self._state or devices != self._devices:
+      self._replicated = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+      self._state, self._devices = state, devices
+    return self._replicated
+
+
+def data_parallel(batched_fn, state, arrays, devices=None, *,
+                  replicas: Optional[StateReplicas] = None, **static):
   """`batched_fn(state, *arrays, **static)` sharded over `devices` along B.
 
   The B images are split along a `data` mesh axis (parameters replicated);
@@ -169,6 +198,8 @@ def data_parallel(batched_fn, state, arrays, devices=None, **static):
     state: the model state (replicated).
     arrays: arrays with a leading B axis, or None (passed through).
     devices: the devices (default: all).
+    replicas: the caller's `StateReplicas` (the replicated state is reused
+      across calls); None copies `state` to the devices on this call.
     static: static keyword arguments of `batched_fn` (e.g. `info`).
   Returns:
     `batched_fn`'s output with B on every leaf's leading axis.
@@ -181,7 +212,7 @@ def data_parallel(batched_fn, state, arrays, devices=None, **static):
   mesh = Mesh(np.array(devices), ("data",))
   data = NamedSharding(mesh, PartitionSpec("data"))
   put = lambda x: None if x is None else jax.device_put(take(x), data)
-  state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+  state = (replicas or StateReplicas()).get(state, mesh)
   out = batched_fn(state, *(put(x) for x in arrays), **static)
   return jax.tree.map(lambda x: x[:b], out) if pad else out
 

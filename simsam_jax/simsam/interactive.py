@@ -57,7 +57,7 @@ from simsam_jax import processing
 from simsam_jax.modeling.sam import Sam
 from simsam_jax.simsam import pipeline
 from simsam_jax.simsam.clicks import error_distances, flat_to_xy
-from simsam_jax.simsam.engine import check_box, data_parallel
+from simsam_jax.simsam.engine import StateReplicas, check_box, data_parallel
 from simsam_jax.simsam.mask_prompts import MASK_PROMPTS
 
 STARTS = ("box", "simsam", "clicks_only")
@@ -294,6 +294,7 @@ class InteractiveSam:
     self.encode = jax.jit(lambda state, pixels: nnx.merge(graphdef, state).encode_image(
         pixels[None])[0])
     self._batch = jax.jit(batch, static_argnames=("info",))
+    self.replicas = StateReplicas()  # `run_batch`'s replicated state
 
   def check(self, info: processing.ImageInfo, box, ground_truth) -> None:
     """ValueError naming the problem (sizes, box, ground truth)."""
@@ -350,4 +351,5 @@ class InteractiveSam:
       keys = jnp.stack([jax.random.key(self.config.simsam.seed)] * b)
     return data_parallel(self._batch, self.state,
                          (jnp.asarray(pixels), jnp.asarray(boxes),
-                          jnp.asarray(ground_truths), keys), devices, info=info)
+                          jnp.asarray(ground_truths), keys), devices,
+                         replicas=self.replicas, info=info)

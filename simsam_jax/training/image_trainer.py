@@ -10,10 +10,13 @@ no embedding cache), decodes the configured prompts
         everything else frozen.
   full: every `nnx.Param` (image encoder, prompt encoder, mask decoder).
 
-With `remat` (both modes: LoRA's gradients flow back through every encoder
-block too), each encoder block is rematerialised (`nnx.remat`): its
-activations are recomputed in the backward pass instead of stored (XLA's
-CPU compiler shows no saving from it; benchmarks/RESULTS.md). With
+With `remat` (default: on in `full`, off in `lora`; `remat_enabled`), each
+encoder block is rematerialised (`nnx.remat`): its activations are
+recomputed in the backward pass instead of stored (XLA's CPU compiler shows
+no saving from it; benchmarks/RESULTS.md). LoRA's gradients flow back
+through every encoder block too, but its frozen matmuls keep no input
+activations for the backward (no weight gradient), so it stores far less and
+by default skips the recomputation. With
 `attention_query_rows` > 0 the global-attention blocks compute over chunks
 of query rows, each rematerialised (`ChunkedAttention`): the (B, heads, T, T)
 bias / logits / probabilities of T = 4096 queries were what kept a ViT-B
@@ -210,6 +213,12 @@ def weights_sha256(model) -> str:
   return train_data.checkpoint_fingerprint("", nnx.to_pure_dict(nnx.state(model)))
 
 
+def remat_enabled(config: ConfigDict) -> bool:
+  """`config.remat`, or when it is None the mode's default: `full` True, `lora` False."""
+  value = config.get("remat", None)
+  return config.get("mode", "decoder") == "full" if value is None else bool(value)
+
+
 def prepare_model(model, config: ConfigDict):
   """Wraps / marks the model for `config.mode`; returns the trainable filter."""
   if config.mode == "lora":
@@ -219,7 +228,7 @@ def prepare_model(model, config: ConfigDict):
                         rngs=nnx.Rngs(int(config.seed)))
     except ValueError as e:
       raise base.TrainingError(str(e)) from None
-  if config.get("remat", True):
+  if remat_enabled(config):
     for block in model.image_encoder.blocks:
       block.__class__ = RematBlock
   rows = int(config.get("attention_query_rows", 0))
@@ -403,6 +412,7 @@ def finetune_images(config: ConfigDict, workdir: str, progress: bool = True) -> 
   """
   _initialize_distributed(config)
   validate_image_config(config)
+  config.remat = remat_enabled(config)  # recorded resolved: a workdir compares it
   model, checkpoint_info = build_model(config)
   try:
     profile, _ = profiles.resolve(checkpoint_info["profile"], config.get("profile") or None,
