@@ -54,6 +54,12 @@ def _config(mode: str):
   return c
 
 
+def _remat(mode: str, config) -> str:
+  """The remat column: the mode's resolved setting ("-" for decoder)."""
+  from simsam_jax.training import image_trainer  # pylint: disable=import-outside-toplevel
+  return "-" if mode == "decoder" else str(image_trainer.remat_enabled(config)).lower()
+
+
 def _size(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree) if hasattr(x, "size")))
 
@@ -103,10 +109,9 @@ def time_mode(mode: str) -> dict:
 
   t = timed(one_step, _STEPS.value)
   compile_s, med, times = t["first_s"], t["median_s"], t["times_s"]
-  remat = "-" if mode == "decoder" else str(image_trainer.remat_enabled(config)).lower()
-  return {"mode": mode, "remat": remat, "compile_and_first_step_s": compile_s, "step_s": med,
-          "steps_per_s": 1.0 / med, "trainable": trainable_n, "optimizer_state": opt_n,
-          "times": times}
+  return {"mode": mode, "remat": _remat(mode, config), "compile_and_first_step_s": compile_s,
+          "step_s": med, "steps_per_s": 1.0 / med, "trainable": trainable_n,
+          "optimizer_state": opt_n, "times": times}
 
 
 def main(argv):
@@ -121,8 +126,7 @@ def main(argv):
       if mode != "decoder":
         config = _config(mode)
         r = image_trainer.compiled_step_memory(config, _BATCH.value)
-        remat = str(image_trainer.remat_enabled(config)).lower()
-        print(f"{mode:5s} {remat:5s} {r['argument_bytes'] / 2**30:15.2f} "
+        print(f"{mode:5s} {_remat(mode, config):5s} {r['argument_bytes'] / 2**30:15.2f} "
               f"{r['temp_bytes'] / 2**30:17.2f} {r['peak_bytes'] / 2**30:10.2f}", flush=True)
     return
   print("mode     remat  compile+1st(s)  step(s)  steps/s  trainable  optimizer_state")

@@ -54,21 +54,19 @@ def jax_compilation_cache(tmp_path_factory):
   root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
   folder = root / "jax_compilation_cache"
   folder.mkdir(exist_ok=True)
-  settings = {"JAX_COMPILATION_CACHE_DIR": str(folder),
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-              "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30)}
-  previous = {name: os.environ.get(name) for name in settings}
-  os.environ.update(settings)  # subprocesses inherit it
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_compilation_cache_max_size")
-  before = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(folder))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+  # (jax.config name, value); the environment variable is the name in capitals.
+  settings = (("jax_compilation_cache_dir", str(folder)),
+              ("jax_persistent_cache_min_compile_time_secs", 0.5),
+              ("jax_compilation_cache_max_size", 8 << 30))
+  previous_env = {n.upper(): os.environ.get(n.upper()) for n, _ in settings}
+  previous_config = {n: getattr(jax.config, n) for n, _ in settings}
+  for name, value in settings:
+    os.environ[name.upper()] = str(value)  # subprocesses inherit it
+    jax.config.update(name, value)
   yield folder
-  for n, v in before.items():
-    jax.config.update(n, v)
-  for name, value in previous.items():
+  for name, value in previous_config.items():
+    jax.config.update(name, value)
+  for name, value in previous_env.items():
     if value is None:
       os.environ.pop(name, None)
     else:

@@ -69,12 +69,10 @@ def _config(paths, **overrides):
   return config
 
 
-def _env(cache_dir=None, **extra):
+def _env(**extra):
+  """os.environ (with the run's XLA compilation cache, conftest.py) + PYTHONPATH."""
   env = dict(os.environ)
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-  if cache_dir:
-    env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
   env.update(extra)
   return env
 
@@ -89,13 +87,11 @@ def _flat(tree):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, jax_compilation_cache):
+def dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp("busi_manual")
   data_fixtures.make_busi_tree(root, CASES)
-  # The run's persistent XLA cache (conftest.py), shared with the subprocesses.
   return {"manual_dir": str(root), "data_dir": str(tmp_path_factory.mktemp("tfds")),
-          "cache_dir": str(tmp_path_factory.mktemp("embedding_cache")),
-          "jax_cache": str(jax_compilation_cache)}
+          "cache_dir": str(tmp_path_factory.mktemp("embedding_cache"))}
 
 
 @pytest.fixture(scope="module")
@@ -543,10 +539,10 @@ def test_kill_and_resume_is_bit_identical(run, dataset, tmp_path):
   workdir = str(tmp_path / "killed")
   command = _cli(dataset, workdir, "--config.checkpoint_every_steps=1")
   killed_at = kill_resume.kill_after_checkpoint(command, workdir, 2, cwd=REPO,
-                                                env=_env(dataset["jax_cache"]), timeout=600)
+                                                env=_env(), timeout=600)
   assert 2 <= killed_at < reference["total_steps"], "the run was not killed mid-training"
   assert not os.path.exists(os.path.join(workdir, "export"))
-  done = subprocess.run(command, cwd=REPO, env=_env(dataset["jax_cache"]),
+  done = subprocess.run(command, cwd=REPO, env=_env(),
                         capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
   # the console: the progress bar and where files went; Orbax's INFO lines in logs/

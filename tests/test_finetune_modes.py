@@ -77,12 +77,6 @@ def data_dir(tmp_path_factory):
   return path
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(jax_compilation_cache):
-  """The run's persistent XLA cache (conftest.py): the subprocesses reuse the programs."""
-  return str(jax_compilation_cache)
-
-
 # Both runs use interactive prompts with one click round (lora: box starts,
 # full: SAM's box-or-point starts); the kill / resume and two-process tests
 # compare against them.
@@ -252,13 +246,13 @@ def _cli(config, workdir):
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
-def test_sigkill_and_resume_is_bit_identical(runs, tmp_path, compilation_cache, mode):
+def test_sigkill_and_resume_is_bit_identical(runs, tmp_path, mode):
   """A real SIGKILL mid-run; the resumed run equals the uninterrupted one bit for bit."""
   reference_dir, config, reference = runs[mode]
   workdir = str(tmp_path / "killed")
+  # os.environ carries the run's XLA compilation cache (conftest.py).
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compilation_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+             JAX_PLATFORMS="cpu")
   killed_at = kill_resume.kill_after_checkpoint(_cli(config, workdir), workdir, 2, cwd=REPO,
                                                 env=env, timeout=600)
   assert 2 <= killed_at < STEPS, f"the run was not killed mid-training ({killed_at})"

@@ -302,12 +302,10 @@ class Result:
 class Workspace:
   """A folder standing in for the user's machine, and the job pool."""
 
-  def __init__(self, root: pathlib.Path, sources: Dict[str, pathlib.Path],
-               cache: pathlib.Path):
+  def __init__(self, root: pathlib.Path, sources: Dict[str, pathlib.Path]):
     self.root = root
     self.cwd = root / "work"
     self.sources = sources
-    self.cache = cache  # the run's persistent XLA cache (conftest.py)
     self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS)
     self._lock = threading.Lock()
     self._futures: Dict[object, concurrent.futures.Future] = {}
@@ -332,14 +330,14 @@ class Workspace:
     # user site-packages.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONUSERBASE"] = site.getuserbase()
-    for name in list(env):
-      if name.startswith("JAX_COMPILATION_CACHE") or name.startswith("JAX_PERSISTENT_CACHE"):
-        del env[name]
     if compilation_cache:
-      env["JAX_COMPILATION_CACHE_DIR"] = str(self.cache)
+      # The run's XLA compilation cache (conftest.py: folder, size limit and
+      # so file lock, inherited), here for every program however quick.
       env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-      # A size limit turns on the cache's file lock (commands run in parallel).
-      env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+    else:
+      for name in list(env):
+        if name.startswith("JAX_COMPILATION_CACHE") or name.startswith("JAX_PERSISTENT_CACHE"):
+          del env[name]
     return env
 
   def run(self, command: str, home: pathlib.Path, cwd: Optional[pathlib.Path] = None,
@@ -390,7 +388,7 @@ def _text(data) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, jax_compilation_cache):
+def workspace(tmp_path_factory):
   """The workspace: checkpoints/sam_vit_b, benign.png, configs, README files."""
   import torch_reference as tr
   from simsam_jax.checkpoint import convert_checkpoint
@@ -403,7 +401,7 @@ def workspace(tmp_path_factory, jax_compilation_cache):
   pth = pathlib.Path(tr.save_official_pth(official, str(sources_dir / "sam_tiny.pth")))
   folder = sources_dir / "hf_tiny"
   tr.save_hf_folder(hf, str(folder))
-  ws = Workspace(root, {"pth": pth, "hf_folder": folder}, jax_compilation_cache)
+  ws = Workspace(root, {"pth": pth, "hf_folder": folder})
 
   cwd = ws.cwd
   cwd.mkdir()
