@@ -230,3 +230,79 @@ def test_segment_cli_rejects_unknown_attention_implementation(tmp_path):
   assert "--attention_impl='flash'" in proc.stderr
   assert "unknown attention implementation" in proc.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+# -- global attention in chunks on CPU ------------------------------------------
+
+
+def test_cpu_query_chunks_of_released_models():
+  """The chunk plans of the released grids (ViT-B/L/H at 1024, 12 or 16 heads)."""
+  assert ie.cpu_query_chunks(64, 64, 12) == (4, 2)
+  assert ie.cpu_query_chunks(64, 64, 16) == (4, 2)
+  assert ie.cpu_query_chunks(32, 32, 12) == (8, 6)  # 512 input
+  assert ie.cpu_query_chunks(14, 14, 12) is None  # every windowed block
+  assert ie.cpu_query_chunks(10, 10, 3) is None  # the tiny test grids
+
+
+# (queries, logits) per chunk -> (rows, heads) of the tiny preset's 10 x 10 grid, 3 heads.
+CHUNK_LIMITS = [((20, 2000), (2, 1)), ((50, 10 ** 9), (5, 3)), ((10, 3000), (1, 3))]
+
+
+@pytest.mark.parametrize("limits,plan", CHUNK_LIMITS)
+def test_chunked_global_block_equals_einsum_and_official(monkeypatch, limits, plan):
+  """On CPU a global block whose attention is split into chunks gives the
+  official block's output; the chunks really are what ran (the spied query
+  shapes), and a plain call (one chunk) agrees with them."""
+  config = get_preset("tiny")
+  grid, dim, heads = config.image_embedding_size, config.encoder.dim, config.encoder.num_heads
+  monkeypatch.setattr(ie, "CPU_CHUNK_QUERIES", limits[0])
+  monkeypatch.setattr(ie, "CPU_CHUNK_LOGITS", limits[1])
+  assert ie.cpu_query_chunks(grid, grid, heads) == plan
+  block = _randomize(ie.Block(config, 0, rngs=nnx.Rngs(0), policy=F32), seed=5)
+  x = np.random.default_rng(6).standard_normal((2, grid, grid, dim), np.float32)
+  shapes = []
+  original = jax.nn.dot_product_attention
+
+  def spy(q, k, v, bias=None, **kw):
+    shapes.append(q.shape)
+    return original(q, k, v, bias=bias, **kw)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+  chunked = np.asarray(jax.jit(lambda x: block(x))(x))
+  rows, group = plan
+  assert (2, rows * grid, group, dim // heads) in shapes  # the CPU branch's chunk
+  with torch.no_grad():
+    official = official_block(block, config, grid)(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(chunked, official, atol=ATOL, rtol=0)
+  einsum = np.asarray(jax.jit(lambda x: einsum_block(block, x))(x))
+  np.testing.assert_allclose(chunked, einsum, atol=ATOL, rtol=0)
+  monkeypatch.setattr(ie, "CPU_CHUNK_QUERIES", 10 ** 6)
+  monkeypatch.setattr(ie, "CPU_CHUNK_LOGITS", 10 ** 9)
+  whole = np.asarray(jax.jit(lambda x: block(x))(x))
+  np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
+  # Decisive: the relative-position rows one chunk further on (what a chunk
+  # paired with the wrong rows would use) move the output far beyond ATOL.
+  attn = block.attn
+  q, k, v = attn.qkv_heads(jnp.asarray(x))
+  right = attn.attend_chunks(q, k, v, grid, grid, rows, group)
+  rh = attn.rel_pos_h[...]
+  attn.rel_pos_h[...] = jnp.roll(rh, rows, axis=0)
+  wrong = attn.attend_chunks(q, k, v, grid, grid, rows, group)
+  attn.rel_pos_h[...] = rh
+  assert float(jnp.abs(wrong - right).max()) > 0.05
+
+
+def test_chunks_only_on_cpu(monkeypatch):
+  """GPU / TPU lower the whole attention: StableHLO exported for cuda has no
+  chunk loop, for cpu it has one."""
+  config = get_preset("tiny")
+  grid = config.image_embedding_size
+  monkeypatch.setattr(ie, "CPU_CHUNK_QUERIES", 20)
+  monkeypatch.setattr(ie, "CPU_CHUNK_LOGITS", 2000)
+  attn = _randomize(ie.Attention(config.encoder.dim, config.encoder.num_heads, grid,
+                                 rngs=nnx.Rngs(0), policy=F32), seed=7)
+  spec = jax.ShapeDtypeStruct((1, grid, grid, config.encoder.dim), jnp.float32)
+  text = {p: jax.export.export(jax.jit(lambda x: attn(x)), platforms=(p,))(spec).mlir_module()
+          for p in ("cpu", "cuda")}
+  assert "stablehlo.while" in text["cpu"]  # the chunk loop
+  assert "stablehlo.while" not in text["cuda"]

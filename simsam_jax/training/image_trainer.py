@@ -77,7 +77,6 @@ from simsam_jax import profiles
 from simsam_jax.checkpoint import save_checkpoint
 from simsam_jax.modeling.config import SamConfig
 from simsam_jax.modeling.image_encoder import Attention, Block
-from simsam_jax.modeling.layers import attend
 from simsam_jax.modeling.sam import build_sam
 from simsam_jax.training import data as train_data
 from simsam_jax.training import lora as lora_lib
@@ -108,17 +107,18 @@ class RematBlock(Block):
 
 
 class ChunkedAttention(Attention):
-  """Global attention computed over chunks of `query_rows` grid rows; same parameters.
+  """Global attention over chunks of `query_rows` grid rows (all heads), rematerialised.
 
-  `Attention` builds the (B, N, T, T) float32 relative-position bias and
-  logits of all T = H * W queries at once; at ViT-B 1024 (T = 4096) each
-  such tensor is 1.6 GB per 2 images, and a global block's backward holds
-  several. Here the queries are split into H / query_rows chunks of
-  query_rows * W queries (`jax.lax.map`, sequential), each chunk's bias,
-  attention and backward are rematerialised (`jax.checkpoint`): the largest
-  tensors are (B, N, query_rows * W, T). Exact per query (softmax is over
-  the keys); equal to `Attention` up to float32 rounding of the reordered
-  einsums. Used only when `query_rows` divides H and is smaller than H.
+  `Attention.attend_all` builds the (B, N, T, T) float32 relative-position
+  bias and logits of all T = H * W queries at once; at ViT-B 1024
+  (T = 4096) each such tensor is 1.6 GB per 2 images, and a global block's
+  backward holds several. Here `Attention.attend_chunks` splits the queries
+  into H / query_rows chunks of query_rows * W queries, each chunk's bias,
+  attention and backward rematerialised: the largest tensors are
+  (B, N, query_rows * W, T). `query_rows` 0 (or one that does not divide H,
+  or >= H) is all queries at once, on every backend (the inference
+  `Attention` chunks by itself on CPU; a training run's numerics follow its
+  config instead).
 
   Args of `__call__`: x (B, H, W, C) float, as `Attention`.
   """
@@ -128,26 +128,12 @@ class ChunkedAttention(Attention):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     rows = int(self.query_rows)
+    q, k, v = self.qkv_heads(x)
     if rows <= 0 or rows >= h or h % rows:
-      return Attention.__call__(self, x)
-    heads = self.num_heads
-    d = c // heads
-    qkv = self.qkv(x).reshape(b, h * w, 3, heads, d)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
-    chunks = h // rows
-    q_chunks = q.reshape(b, chunks, rows, w, heads, d).swapaxes(0, 1)  # (K, B, r, W, N, D)
-    rh, rw = self.relative_position_tables(h, w)  # (H, Hk, D), (W, Wk, D)
-    rh = rh.reshape(chunks, rows, h, d)
-
-    @jax.checkpoint
-    def one(args):
-      q_c, rh_c = args  # (B, r, W, N, D), (r, Hk, D)
-      bias = self.relative_position_bias(q_c, rh_c, rw)  # (B, N, r * W, T)
-      return attend(q_c.reshape(b, rows * w, heads, d), k, v, self.policy, bias=bias,
-                    scale=self.scale)
-
-    out = jax.lax.map(one, (q_chunks, rh))  # (K, B, r * W, N, D)
-    return self.proj(out.swapaxes(0, 1).reshape(b, h, w, c))
+      out = self.attend_all(q, k, v, h, w)
+    else:
+      out = self.attend_chunks(q, k, v, h, w, rows, self.num_heads, remat=True)
+    return self.proj(out.reshape(b, h, w, c))
 
 
 def check_mode(config: ConfigDict) -> str:
@@ -232,11 +218,10 @@ def prepare_model(model, config: ConfigDict):
     for block in model.image_encoder.blocks:
       block.__class__ = RematBlock
   rows = int(config.get("attention_query_rows", 0))
-  if rows:
-    for block in model.image_encoder.blocks:
-      if block.window_size == 0:  # global attention
-        block.attn.__class__ = ChunkedAttention
-        block.attn.query_rows = rows
+  for block in model.image_encoder.blocks:
+    if block.window_size == 0:  # global attention: chunked as configured, never by itself
+      block.attn.__class__ = ChunkedAttention
+      block.attn.query_rows = rows
   return nnx.LoRAParam if config.mode == "lora" else nnx.Param
 
 

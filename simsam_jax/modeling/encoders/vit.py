@@ -21,6 +21,12 @@ Deviations from the PyTorch reference:
     the decomposed relative-position terms as its additive bias; the logits
     are scaled after QK^T rather than scaling the query first (equal up to
     float32 rounding, ~1e-7 relative).
+  * On CPU, global attention over large grids runs in chunks of query rows x
+    heads (`cpu_query_chunks`, `Attention.attend_chunks`): XLA's CPU
+    attention materialises the (B, N, T, T) logits, and passes over 800 MB
+    tensors made the ViT-B encoder 1.5x slower than PyTorch's (whose CPU
+    attention is blocked). Same result (bit-equal at ViT-B 1024); GPU / TPU
+    lower the whole attention (`jax.lax.platform_dependent`).
 
 Precision (`policy.Policy`): the patch embedding, the qkv / projection / MLP
 linear layers, QK^T, PV, the relative-position terms and the neck
@@ -107,6 +113,31 @@ def relative_position_index(size: int) -> jax.Array:
   return coords[:, None] - coords[None, :] + (size - 1)
 
 
+# Global attention on CPU is computed over chunks whose float32 logits stay
+# near the cache size: at most CPU_CHUNK_QUERIES queries x as many heads as
+# keep CPU_CHUNK_LOGITS logits (8 MB). ViT-B at 1024 (T = 4096, 12 heads):
+# 4 grid rows x 2 heads, 96 chunks; one global block 1.2 s instead of 2.9 s
+# (benchmarks/RESULTS.md). XLA's GPU / TPU attention needs no chunks.
+CPU_CHUNK_QUERIES = 256
+CPU_CHUNK_LOGITS = 2 ** 21
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+  return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(at_most, 1))
+
+
+def cpu_query_chunks(h: int, w: int, heads: int) -> Optional[tuple[int, int]]:
+  """(grid rows, heads) per chunk of an H x W global attention on CPU, or None.
+
+  None when all queries and heads fit in one chunk (every windowed block,
+  and global blocks of small grids). Rows divide H, heads divide `heads`.
+  """
+  t = h * w
+  rows = _largest_divisor(h, CPU_CHUNK_QUERIES // w)
+  group = _largest_divisor(heads, CPU_CHUNK_LOGITS // (rows * w * t))
+  return None if (rows, group) == (h, heads) else (rows, group)
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with decomposed relative position bias.
 
@@ -159,13 +190,70 @@ class Attention(nnx.Module):
     return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(
         b, n, r * w, rh.shape[1] * rw.shape[1])
 
+  def qkv_heads(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x (B, H, W, C) -> q, k, v, each (B, H * W, N, C // N) in the policy's dtype."""
+    b, h, w, c = x.shape
+    qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+  def attend_all(self, q: jax.Array, k: jax.Array, v: jax.Array, h: int, w: int) -> jax.Array:
+    """Attention of all H * W queries at once: q, k, v (B, T, N, D) -> (B, T, N, D)."""
+    b, _, n, d = q.shape
+    bias = self.relative_position_bias(q.reshape(b, h, w, n, d))
+    return attend(q, k, v, self.policy, bias=bias, scale=self.scale)
+
+  def attend_chunks(self, q: jax.Array, k: jax.Array, v: jax.Array, h: int, w: int,
+                    rows: int, group: int, remat: bool = False) -> jax.Array:
+    """`attend_all` computed over chunks of `rows` grid rows of queries x `group` heads.
+
+    The chunks run one after another (`jax.lax.map` over row chunks, then
+    over head groups); each builds the bias, logits and probabilities of its
+    own queries and heads only, (B, group, rows * W, T) float32. Exact per
+    query and head (the softmax is over the keys): equal to `attend_all` up
+    to float32 rounding of the reordered products (bit-equal in practice).
+    With `remat` each chunk's forward is recomputed in the backward
+    (`jax.checkpoint`) instead of keeping its probabilities.
+
+    Args:
+      q, k, v: (B, T, N, D), T = h * w; `rows` divides h, `group` divides N.
+    Returns:
+      (B, T, N, D) in the policy's dtype.
+    """
+    b, t, n, d = q.shape
+    chunks, groups = h // rows, n // group
+    # (row chunk, head group, B, rows, W, group, D); keys (head group, B, T, group, D).
+    q_chunks = q.reshape(b, chunks, rows, w, groups, group, d).transpose(1, 4, 0, 2, 3, 5, 6)
+    k_groups = k.reshape(b, t, groups, group, d).transpose(2, 0, 1, 3, 4)
+    v_groups = v.reshape(b, t, groups, group, d).transpose(2, 0, 1, 3, 4)
+    rh, rw = self.relative_position_tables(h, w)  # (H, Hk, D), (W, Wk, D)
+    rh = rh.reshape(chunks, rows, h, d)
+
+    def one(q_c, k_c, v_c, rh_c):  # (B, rows, W, group, D), (B, T, group, D) x 2, (rows, Hk, D)
+      bias = self.relative_position_bias(q_c, rh_c, rw)  # (B, group, rows * W, T)
+      return attend(q_c.reshape(b, rows * w, group, d), k_c, v_c, self.policy, bias=bias,
+                    scale=self.scale)
+
+    if remat:
+      one = jax.checkpoint(one)
+
+    def row_chunk(args):
+      q_r, rh_r = args  # (groups, B, rows, W, group, D), (rows, Hk, D)
+      return jax.lax.map(lambda a: one(a[0], a[1], a[2], rh_r), (q_r, k_groups, v_groups))
+
+    out = jax.lax.map(row_chunk, (q_chunks, rh))  # (chunks, groups, B, rows * W, group, D)
+    out = out.reshape(chunks, groups, b, rows, w, group, d).transpose(2, 0, 3, 4, 1, 5, 6)
+    return out.reshape(b, t, n, d)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    heads = self.num_heads
-    qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
-    bias = self.relative_position_bias(q.reshape(b, h, w, heads, -1))
-    out = attend(q, k, v, self.policy, bias=bias, scale=self.scale)
+    q, k, v = self.qkv_heads(x)
+    plan = cpu_query_chunks(h, w, self.num_heads)
+    if plan is None:
+      out = self.attend_all(q, k, v, h, w)
+    else:  # chunked on CPU only; the whole attention on GPU / TPU
+      out = jax.lax.platform_dependent(
+          q, k, v, cpu=lambda q, k, v: self.attend_chunks(q, k, v, h, w, *plan),
+          default=lambda q, k, v: self.attend_all(q, k, v, h, w))
     return self.proj(out.reshape(b, h, w, c))
 
 
