@@ -306,3 +306,48 @@ def test_chunks_only_on_cpu(monkeypatch):
           for p in ("cpu", "cuda")}
   assert "stablehlo.while" in text["cpu"]  # the chunk loop
   assert "stablehlo.while" not in text["cuda"]
+
+
+@pytest.mark.parametrize("precision,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_recomputed_attention_gradients_equal_autodiff(precision, tol):
+  """The training chunks' attention (`recomputed_attention`, a hand-written
+  backward that rebuilds the probabilities) gives the output and the
+  gradients of JAX's autodiff through `jax.nn.dot_product_attention` with
+  the broadcast relative-position bias, for every input."""
+  rng = np.random.default_rng(8)
+  b, n, r, w, hk, wk, d = 2, 3, 2, 5, 4, 5, 8
+  t, s = r * w, hk * wk
+  dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+  q, k, v = (jnp.asarray(2 * rng.standard_normal(shape, np.float32)).astype(dtype)
+             for shape in ((b, t, n, d), (b, s, n, d), (b, s, n, d)))
+  rel_h = jnp.asarray(rng.standard_normal((b, n, r, w, hk), np.float32))
+  rel_w = jnp.asarray(rng.standard_normal((b, n, r, w, wk), np.float32))
+  cot = jnp.asarray(rng.standard_normal((b, t, n, d), np.float32))
+  scale = d ** -0.5
+
+  def reference(q, k, v, rel_h, rel_w):
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, t, s)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+
+  def ours(q, k, v, rel_h, rel_w):
+    return ie.recomputed_attention(q, k, v, rel_h, rel_w, scale, precision)
+
+  def loss(f):
+    return lambda *a: jnp.sum(f(*a).astype(jnp.float32) * cot)
+
+  args = (q, k, v, rel_h, rel_w)
+  want_out, got_out = jax.jit(reference)(*args), jax.jit(ours)(*args)
+  np.testing.assert_allclose(np.asarray(got_out, np.float32), np.asarray(want_out, np.float32),
+                             atol=tol, rtol=tol)
+  want = jax.jit(jax.grad(loss(reference), argnums=range(5)))(*args)
+  got = jax.jit(jax.grad(loss(ours), argnums=range(5)))(*args)
+  for name, g, e in zip(("q", "k", "v", "rel_h", "rel_w"), got, want):
+    assert g.dtype == e.dtype, name
+    g, e = np.asarray(g, np.float32), np.asarray(e, np.float32)
+    scale_e = np.abs(e).max()
+    assert scale_e > 0.1, name  # decisive: every input gets a real gradient
+    np.testing.assert_allclose(g / scale_e, e / scale_e, atol=tol, rtol=0, err_msg=name)
+  # Decisive: the softmax is far from uniform, so a dropped row term would show.
+  probs = jax.nn.softmax((jnp.einsum("btnd,bsnd->bnts", q.astype(jnp.float32),
+                                     k.astype(jnp.float32)) * scale), axis=-1)
+  assert float(probs.max()) > 0.5

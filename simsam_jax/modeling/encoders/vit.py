@@ -50,7 +50,7 @@ from flax import nnx
 from simsam_jax.modeling.encoders import EncoderConfig, EncoderFamily, register_encoder
 from simsam_jax.modeling.layers import (MLPBlock, attend, gelu, layer_norm,
                                        torch_like_linear)
-from simsam_jax.modeling.policy import Policy
+from simsam_jax.modeling.policy import PRECISIONS, Policy
 
 if TYPE_CHECKING:
   from simsam_jax.modeling.config import SamConfig
@@ -138,6 +138,80 @@ def cpu_query_chunks(h: int, w: int, heads: int) -> Optional[tuple[int, int]]:
   return None if (rows, group) == (h, heads) else (rows, group)
 
 
+def _relative_logits(q, k, rel_h, rel_w, scale, dtype):
+  """(B, T, N, D) q, (B, S, N, D) k, (B, N, r, W, Hk|Wk) terms -> (B, N, T, S) float32."""
+  b, t, n, _ = q.shape
+  hk, wk = rel_h.shape[-1], rel_w.shape[-1]
+  logits = jnp.einsum("btnd,bsnd->bnts", q.astype(dtype), k.astype(dtype),
+                      preferred_element_type=jnp.float32) * jnp.float32(scale)
+  bias = rel_h.reshape(b, n, t, hk)[..., :, None] + rel_w.reshape(b, n, t, wk)[..., None, :]
+  return (logits.reshape(b, n, t, hk, wk) + bias).reshape(b, n, t, hk * wk)
+
+
+def _recomputed_forward(q, k, v, rel_h, rel_w, scale, precision):
+  dtype = PRECISIONS[precision]
+  logits = _relative_logits(q, k, rel_h, rel_w, scale, dtype)
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  unnormalised = jnp.exp(logits - top)
+  total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+  probs = (unnormalised / total).astype(dtype)
+  out = jnp.einsum("bnts,bsnd->btnd", probs, v.astype(dtype),
+                   preferred_element_type=jnp.float32).astype(v.dtype)
+  return out, (q, k, v, rel_h, rel_w, top + jnp.log(total), out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def recomputed_attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Array,
+                         rel_w: jax.Array, scale: float, precision: str) -> jax.Array:
+  """softmax(scale q k^T + rel_h + rel_w) v whose backward recomputes the probabilities.
+
+  The forward equals `layers.attend` with the broadcast relative-position
+  bias (same operations in the same order: float32 logits and softmax,
+  matmul operands in the precision's dtype). It keeps for the backward only
+  its inputs, its output and the (B, N, T) log-sum-exp, never the (B, N, T, S)
+  probabilities; the backward rebuilds them with one QK^T and one exp and
+  computes the gradients in one pass over them (the flash-attention
+  backward, as whole-chunk XLA ops): at ViT-B 1024, batch 2, a global
+  block's forward + backward took 7.4-7.5 s against 8.9 s with
+  `jax.checkpoint` around `layers.attend` (benchmarks/RESULTS.md).
+
+  Args:
+    q: (B, T, N, D); k, v: (B, S, N, D), S = Hk * Wk keys in row-major order.
+    rel_h, rel_w: (B, N, r, W, Hk) / (B, N, r, W, Wk) float32 decomposed
+      relative-position terms of the T = r * W queries.
+    scale: logit scale; precision: "float32" or "bfloat16" (static).
+  Returns:
+    (B, T, N, D) in v's dtype.
+  """
+  return _recomputed_forward(q, k, v, rel_h, rel_w, scale, precision)[0]
+
+
+def _recomputed_backward(scale, precision, residuals, d_out):
+  q, k, v, rel_h, rel_w, lse, out = residuals
+  dtype = PRECISIONS[precision]
+  probs = jnp.exp(_relative_logits(q, k, rel_h, rel_w, scale, dtype) - lse)  # (B, N, T, S)
+  d_out_c = d_out.astype(dtype)
+  d_v = jnp.einsum("bnts,btnd->bsnd", probs.astype(dtype), d_out_c,
+                   preferred_element_type=jnp.float32)
+  d_probs = jnp.einsum("btnd,bsnd->bnts", d_out_c, v.astype(dtype),
+                       preferred_element_type=jnp.float32)
+  row = jnp.einsum("btnd,btnd->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  d_logits = probs * (d_probs - row[..., None])  # (B, N, T, S) float32
+  d_logits5 = d_logits.reshape(d_logits.shape[:3] + rel_h.shape[-1:] + rel_w.shape[-1:])
+  d_rel_h = jnp.sum(d_logits5, axis=-1).reshape(rel_h.shape)
+  d_rel_w = jnp.sum(d_logits5, axis=-2).reshape(rel_w.shape)
+  d_scaled = d_logits.astype(dtype)
+  d_q = jnp.einsum("bnts,bsnd->btnd", d_scaled, k.astype(dtype),
+                   preferred_element_type=jnp.float32) * jnp.float32(scale)
+  d_k = jnp.einsum("bnts,btnd->bsnd", d_scaled, q.astype(dtype),
+                   preferred_element_type=jnp.float32) * jnp.float32(scale)
+  return (d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype),
+          d_rel_h.astype(rel_h.dtype), d_rel_w.astype(rel_w.dtype))
+
+
+recomputed_attention.defvjp(_recomputed_forward, _recomputed_backward)
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with decomposed relative position bias.
 
@@ -181,14 +255,24 @@ class Attention(nnx.Module):
     a subset of query rows gives the bias of those queries only.
     """
     b, r, w, n, _ = q.shape
+    rel_h, rel_w = self.relative_position_terms(q, rh, rw)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(
+        b, n, r * w, rel_h.shape[-1] * rel_w.shape[-1])
+
+  def relative_position_terms(self, q: jax.Array, rh: jax.Array | None = None,
+                              rw: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """q: (B, r, W, N, D) -> the (B, N, r, W, Hk) and (B, N, r, W, Wk) float32 terms.
+
+    The bias of query (i, j) and key (k, l) is rel_h[..., i, j, k] +
+    rel_w[..., i, j, l] (`relative_position_bias` broadcasts them).
+    """
     if rh is None or rw is None:
-      rh, rw = self.relative_position_tables(r, w)
+      rh, rw = self.relative_position_tables(q.shape[1], q.shape[2])
     cast = self.policy.cast
     q = cast(q)
     rel_h = jnp.einsum("bhwnd,hkd->bnhwk", q, cast(rh), preferred_element_type=jnp.float32)
     rel_w = jnp.einsum("bhwnd,wkd->bnhwk", q, cast(rw), preferred_element_type=jnp.float32)
-    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(
-        b, n, r * w, rh.shape[1] * rw.shape[1])
+    return rel_h, rel_w
 
   def qkv_heads(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x (B, H, W, C) -> q, k, v, each (B, H * W, N, C // N) in the policy's dtype."""
@@ -211,8 +295,8 @@ class Attention(nnx.Module):
     own queries and heads only, (B, group, rows * W, T) float32. Exact per
     query and head (the softmax is over the keys): equal to `attend_all` up
     to float32 rounding of the reordered products (bit-equal in practice).
-    With `remat` each chunk's forward is recomputed in the backward
-    (`jax.checkpoint`) instead of keeping its probabilities.
+    With `remat` each chunk's probabilities are recomputed in the backward
+    from its log-sum-exp instead of kept (`recomputed_attention`).
 
     Args:
       q, k, v: (B, T, N, D), T = h * w; `rows` divides h, `group` divides N.
@@ -229,12 +313,13 @@ class Attention(nnx.Module):
     rh = rh.reshape(chunks, rows, h, d)
 
     def one(q_c, k_c, v_c, rh_c):  # (B, rows, W, group, D), (B, T, group, D) x 2, (rows, Hk, D)
+      q_t = q_c.reshape(b, rows * w, group, d)
+      if remat:
+        rel_h, rel_w = self.relative_position_terms(q_c, rh_c, rw)  # (B, group, rows, W, Hk|Wk)
+        return recomputed_attention(q_t, k_c, v_c, rel_h, rel_w, self.scale,
+                                    self.policy.precision)
       bias = self.relative_position_bias(q_c, rh_c, rw)  # (B, group, rows * W, T)
-      return attend(q_c.reshape(b, rows * w, group, d), k_c, v_c, self.policy, bias=bias,
-                    scale=self.scale)
-
-    if remat:
-      one = jax.checkpoint(one)
+      return attend(q_t, k_c, v_c, self.policy, bias=bias, scale=self.scale)
 
     def row_chunk(args):
       q_r, rh_r = args  # (groups, B, rows, W, group, D), (rows, Hk, D)
