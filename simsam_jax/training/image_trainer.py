@@ -113,8 +113,9 @@ class ChunkedAttention(Attention):
   bias and logits of all T = H * W queries at once; at ViT-B 1024
   (T = 4096) each such tensor is 1.6 GB per 2 images, and a global block's
   backward holds several. Here `Attention.attend_chunks` splits the queries
-  into H / query_rows chunks of query_rows * W queries, each chunk's bias,
-  attention and backward rematerialised: the largest tensors are
+  into H / query_rows chunks of query_rows * W queries, each chunk's
+  probabilities rebuilt in the backward from its log-sum-exp
+  (`encoders.vit.recomputed_attention`): the largest tensors are
   (B, N, query_rows * W, T). `query_rows` 0 (or one that does not divide H,
   or >= H) is all queries at once, on every backend (the inference
   `Attention` chunks by itself on CPU; a training run's numerics follow its
