@@ -165,9 +165,10 @@ def recomputed_attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Ar
                          rel_w: jax.Array, scale: float, precision: str) -> jax.Array:
   """softmax(scale q k^T + rel_h + rel_w) v whose backward recomputes the probabilities.
 
-  The forward equals `layers.attend` with the broadcast relative-position
-  bias (same operations in the same order: float32 logits and softmax,
-  matmul operands in the precision's dtype). It keeps for the backward only
+  The forward is `layers.attend`'s with the broadcast relative-position
+  bias (the same operations in the same order: float32 logits and softmax,
+  matmul operands in the precision's dtype; in bfloat16 the PV product
+  accumulates in float32 before its cast, a rounding-level difference). It keeps for the backward only
   its inputs, its output and the (B, N, T) log-sum-exp, never the (B, N, T, S)
   probabilities; the backward rebuilds them with one QK^T and one exp and
   computes the gradients in one pass over them (the flash-attention
