@@ -138,14 +138,23 @@ def cpu_query_chunks(h: int, w: int, heads: int) -> Optional[tuple[int, int]]:
   return None if (rows, group) == (h, heads) else (rows, group)
 
 
+def pair_bias(rel_h: jax.Array, rel_w: jax.Array) -> jax.Array:
+  """(B, N, r, W, Hk) and (B, N, r, W, Wk) terms -> (B, N, r * W, Hk, Wk) bias.
+
+  The bias of query (i, j) and key (k, l) is rel_h[..., i, j, k] +
+  rel_w[..., i, j, l]; reshaped to (B, N, r * W, Hk * Wk) it is the additive
+  bias of the keys in row-major order.
+  """
+  b, n, r, w, hk = rel_h.shape
+  return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, r * w, hk, rel_w.shape[-1])
+
+
 def _relative_logits(q, k, rel_h, rel_w, scale, dtype):
   """(B, T, N, D) q, (B, S, N, D) k, (B, N, r, W, Hk|Wk) terms -> (B, N, T, S) float32."""
-  b, t, n, _ = q.shape
-  hk, wk = rel_h.shape[-1], rel_w.shape[-1]
+  bias = pair_bias(rel_h, rel_w)  # added in its 5-D view: XLA fuses the broadcast
   logits = jnp.einsum("btnd,bsnd->bnts", q.astype(dtype), k.astype(dtype),
                       preferred_element_type=jnp.float32) * jnp.float32(scale)
-  bias = rel_h.reshape(b, n, t, hk)[..., :, None] + rel_w.reshape(b, n, t, wk)[..., None, :]
-  return (logits.reshape(b, n, t, hk, wk) + bias).reshape(b, n, t, hk * wk)
+  return (logits.reshape(bias.shape) + bias).reshape(logits.shape)
 
 
 def _recomputed_forward(q, k, v, rel_h, rel_w, scale, precision):
@@ -168,8 +177,10 @@ def recomputed_attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Ar
   The forward is `layers.attend`'s with the broadcast relative-position
   bias (the same operations in the same order: float32 logits and softmax,
   matmul operands in the precision's dtype; in bfloat16 the PV product
-  accumulates in float32 before its cast, a rounding-level difference). It keeps for the backward only
-  its inputs, its output and the (B, N, T) log-sum-exp, never the (B, N, T, S)
+  accumulates in float32 before its cast, a rounding-level difference). The
+  softmax is written out rather than `jax.nn.softmax` because its max and sum
+  give the log-sum-exp residual. It keeps for the backward only its inputs,
+  its output and the (B, N, T) log-sum-exp, never the (B, N, T, S)
   probabilities; the backward rebuilds them with one QK^T and one exp and
   computes the gradients in one pass over them (the flash-attention
   backward, as whole-chunk XLA ops): at ViT-B 1024, batch 2, a global
@@ -255,17 +266,14 @@ class Attention(nnx.Module):
     (default: the whole grid, r = H = Hk, from `relative_position_tables`);
     a subset of query rows gives the bias of those queries only.
     """
-    b, r, w, n, _ = q.shape
-    rel_h, rel_w = self.relative_position_terms(q, rh, rw)
-    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(
-        b, n, r * w, rel_h.shape[-1] * rel_w.shape[-1])
+    bias = pair_bias(*self.relative_position_terms(q, rh, rw))
+    return bias.reshape(bias.shape[:3] + (-1,))
 
   def relative_position_terms(self, q: jax.Array, rh: jax.Array | None = None,
                               rw: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """q: (B, r, W, N, D) -> the (B, N, r, W, Hk) and (B, N, r, W, Wk) float32 terms.
 
-    The bias of query (i, j) and key (k, l) is rel_h[..., i, j, k] +
-    rel_w[..., i, j, l] (`relative_position_bias` broadcasts them).
+    `pair_bias` broadcasts them to the bias of every (query, key) pair.
     """
     if rh is None or rw is None:
       rh, rw = self.relative_position_tables(q.shape[1], q.shape[2])
