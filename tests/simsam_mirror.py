@@ -202,11 +202,15 @@ def compare(out, ref, k):
 
   Candidates are matched by their click (x, y, label), so the comparison does
   not depend on how either side orders equal error values. Returns a dict:
-  same_clicks / same_order (click sets and lists equal), cutoff_gap (largest
-  distance of a click found on one side only from the mirror's K-th error:
-  0 unless float rounding reordered a near-tie at the top-K cut-off),
-  label_agreement (fraction of our clicks whose (x, y) the mirror also
-  clicked with the same label), max_logit_delta (over matched candidates),
+  same_clicks / same_order (click sets and lists equal), clicks_only_ours
+  (our clicks (x, y, label) the mirror does not have), cutoff_gap (largest
+  distance of a click position found on one side only from the mirror's K-th
+  error: 0 unless float rounding reordered a near-tie at the top-K cut-off),
+  label_flips / label_gap (positions both sides click with different labels,
+  and the largest |p - 0.5| of the mirror there: 0 unless float rounding put
+  a probability on the other side of 0.5), label_agreement (fraction of our
+  clicks whose (x, y) the mirror also clicked with the same label),
+  max_logit_delta (over matched candidates),
   relative_logit_delta (the same over max(1, max |mirror logit|)),
   first_logit_delta (max |difference| of the box-only low-res logits),
   chosen (the chosen candidates' clicks), chosen_index, chosen_score_gap (the
@@ -220,10 +224,14 @@ def compare(out, ref, k):
   delta = max((np.abs(cand[ours.index(c)] - ref_cand[theirs.index(c)]).max()
                for c in common), default=np.inf)
   scale = max(1.0, float(np.abs(ref_cand).max()))
-  err = 0.5 - np.abs(ref["probs"].double().numpy() - 0.5)
+  probs = ref["probs"].double().numpy()
+  err = 0.5 - np.abs(probs - 0.5)
   kth = np.sort(err.ravel())[-k]
-  off = [abs(float(err[y, x]) - kth) for x, y, _ in set(ours) ^ set(theirs)]
+  our_labels = {(x, y): l for x, y, l in ours}
   their_labels = {(x, y): l for x, y, l in theirs}
+  off = [abs(float(err[y, x]) - kth) for x, y in set(our_labels) ^ set(their_labels)]
+  flips = [abs(float(probs[y, x]) - 0.5) for (x, y), l in our_labels.items()
+           if their_labels.get((x, y), l) != l]
   chosen = (ours[int(out.chosen)], theirs[ref["chosen"]])
   scores = ref["scores"].double().numpy()
   gap = (float(scores[ref["chosen"]] - scores[theirs.index(chosen[0])])
@@ -231,6 +239,7 @@ def compare(out, ref, k):
   return {"same_clicks": set(ours) == set(theirs), "same_order": ours == theirs,
           "clicks_only_ours": len(set(ours) - set(theirs)), "k": k,
           "cutoff_gap": max(off, default=0.0),
+          "label_flips": len(flips), "label_gap": max(flips, default=0.0),
           "first_logit_delta": float(np.abs(np.asarray(out.first_low_res_logits, np.float64)
                                             - ref["first_logits"].double().numpy()).max()),
           "label_agreement": float(np.mean([their_labels.get((x, y)) == l
@@ -249,7 +258,10 @@ def assert_matches(d, name, logit_tol=1e-3, tie=1e-4):
   than the two sides' first masks can separate them: the error 0.5 - |p - 0.5|
   moves by at most |dp| <= |d logit| / 4 (bilinear upsampling does not enlarge
   the largest logit difference), and two pixels swap places only when their
-  errors are within twice that, so the bound is max(1e-5, first_logit_delta / 2);
+  errors are within twice that, so the bound is max(1e-5, first_logit_delta / 2).
+  Likewise a click both sides place at the same pixel may carry different
+  labels only where the mirror's probability is within |dp| of 0.5, i.e.
+  within max(1e-5, first_logit_delta / 4) (the label is 1 - (p > 0.5));
   candidate logits must agree within `logit_tol` of their scale,
   max(1, max |logit|), not within an absolute `logit_tol`: random decoders
   with scaled hypernetwork outputs give candidate logits up to ~250 and
@@ -267,12 +279,14 @@ def assert_matches(d, name, logit_tol=1e-3, tie=1e-4):
   float64 official decoder to 4e-13 at every stage (mask downscaling,
   transformer, hypernetwork, logits). A different chosen candidate is
   accepted only when the mirror scores both within `tie` (a tie broken by
-  float rounding). When n clicks differ at the cut-off, n candidates differ,
+  float rounding). When n clicks differ (at the cut-off or in their label), n
+  candidates differ,
   which moves every mean-IoU score by up to 2n / K: the choice may then
   differ within that margin, and the final masks are not compared.
   """
   cutoff_tol = max(1e-5, d["first_logit_delta"] / 2)
   assert d["same_clicks"] or d["cutoff_gap"] <= cutoff_tol, (name, d)
+  assert d["label_gap"] <= max(1e-5, d["first_logit_delta"] / 4), (name, d)
   assert d["label_agreement"] >= 0.95, (name, d)
   assert d["relative_logit_delta"] <= logit_tol, (name, d)
   margin = tie + 2.0 * d["clicks_only_ours"] / d["k"]

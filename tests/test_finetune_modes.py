@@ -77,11 +77,11 @@ def data_dir(tmp_path_factory):
   return path
 
 
-# Both runs use interactive prompts with one click round (lora: box starts,
-# full: SAM's box-or-point starts); the kill / resume and two-process tests
-# compare against them.
-RUN_PROMPTS = {"lora": dict(prompt="interactive", num_rounds=1, first_prompt="box"),
-               "full": dict(prompt="interactive", num_rounds=1, first_prompt="box_or_point")}
+# Both runs use interactive prompts with one click round (lora: SAM's
+# box-or-point starts, full: box starts); the kill / resume and two-process
+# tests compare against them.
+RUN_PROMPTS = {"lora": dict(prompt="interactive", num_rounds=1, first_prompt="box_or_point"),
+               "full": dict(prompt="interactive", num_rounds=1, first_prompt="box")}
 
 
 @pytest.fixture(scope="module")
@@ -334,8 +334,18 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["lora", "full"])
-def test_two_processes_match_one(runs, data_dir, tmp_path, mode):
+def test_two_processes_match_one(runs, data_dir, tmp_path):
+  """Two JAX processes (one CPU device each) train as one process does.
+
+  Run in `lora` mode, whose step holds every part of the multi-process path:
+  the image encoder in the graph, per-example random first prompts (box or
+  point, keys folded by global example index), a click round, gradients
+  reduced over processes and an optimiser over part of the state. `full`
+  mode differs only in which parameters are trainable (the in-process runs
+  test that); its step is the slowest program of the suite to compile
+  (~3 min per process on two busy cores), so it is not compiled twice more.
+  """
+  mode = "lora"
   one = runs[mode][2]  # the same global batch and prompts in one process
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
