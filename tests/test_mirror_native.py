@@ -156,10 +156,11 @@ def test_end_to_end_at_native_size(setup):
   """Every decision agrees; each differing click is an explained near-tie.
 
   A click may differ only at the top-K cut-off or in its label where p is
-  within rounding of 0.5 (`assert_matches` bounds both gaps). How often
-  rounding lands on such a tie depends on the CPU's thread count (one to
-  three of these images have one), so the bound on their number is on
-  clicks, not images: at most 2% of all clicks, and most images identical.
+  within rounding of 0.5, and the mask prompt only where p is (see
+  `assert_matches`). How often rounding lands on such a tie depends on the
+  CPU's thread count (zero to two of these five images have one), so the
+  bound on their number is loose: at most 2% of all clicks differ, and most
+  images have no tie.
   """
   nontrivial, near_ties, differing = 0, [], 0
   for name, image, box in setup["samples"]:
@@ -167,13 +168,13 @@ def test_end_to_end_at_native_size(setup):
     d = mirror.compare(setup["engine"].segment(image, box), ref, K)
     print(name, d)
     mirror.assert_matches(d, name, LOGIT_TOL)
-    if not d["same_clicks"]:
-      near_ties.append((name, d["cutoff_gap"], d["label_gap"]))
+    if not d["same_clicks"] or d["mask_prompt_cells"]:
+      near_ties.append((name, d["cutoff_gap"], d["label_gap"], d["mask_prompt_cells"]))
       differing += d["clicks_only_ours"]
     fg = ref["mask"].numpy().mean()
     nontrivial += 0.01 < fg < 0.99
   n = len(setup["samples"])
-  print("near ties (image, cut-off gap, label gap):", near_ties)
+  print("near ties (image, cut-off gap, label gap, mask prompt cells):", near_ties)
   assert differing <= 0.02 * K * n, (differing, near_ties)
   assert len(near_ties) < n / 2, near_ties
   assert nontrivial >= n - 1
