@@ -203,7 +203,9 @@ def compare(out, ref, k):
 
   Candidates are matched by their click (x, y, label), so the comparison does
   not depend on how either side orders equal error values. Returns a dict:
-  same_clicks / same_order (click sets and lists equal), clicks_only_ours
+  same_clicks / same_order (click sets and lists equal), near_tie (the click
+  sets or the mask prompts differ, which `assert_matches` accepts only as
+  float-rounding near-ties), clicks_only_ours
   (our clicks (x, y, label) the mirror does not have), cutoff_gap (largest
   distance of a click position found on one side only from the mirror's K-th
   error: 0 unless float rounding reordered a near-tie at the top-K cut-off),
@@ -235,8 +237,9 @@ def compare(out, ref, k):
   probs = ref["probs"].double().numpy()
   err = 0.5 - np.abs(probs - 0.5)
   # Our p > 0.5, from our box-only logits through the mirror's resampling.
-  our_probs = probabilities(torch.from_numpy(np.array(out.first_low_res_logits, np.float32)),
-                            ref["reshaped_size"], ref["original_size"])
+  our_first = np.array(out.first_low_res_logits, np.float32)
+  our_probs = probabilities(torch.from_numpy(our_first), ref["reshaped_size"],
+                            ref["original_size"])
   our_binary, their_binary = our_probs.numpy() > 0.5, probs > 0.5
   first_flips = our_binary != their_binary
   if "mask_prompt" in ref:  # native size: the low-res frame placement
@@ -256,10 +259,11 @@ def compare(out, ref, k):
   gap = (float(scores[ref["chosen"]] - scores[theirs.index(chosen[0])])
          if chosen[0] in theirs else np.inf)
   return {"same_clicks": set(ours) == set(theirs), "same_order": ours == theirs,
+          "near_tie": set(ours) != set(theirs) or prompt_cells > 0,
           "clicks_only_ours": len(set(ours) - set(theirs)), "k": k,
           "cutoff_gap": max(off, default=0.0),
           "label_flips": len(flips), "label_gap": max(flips, default=0.0),
-          "first_logit_delta": float(np.abs(np.asarray(out.first_low_res_logits, np.float64)
+          "first_logit_delta": float(np.abs(our_first.astype(np.float64)
                                             - ref["first_logits"].double().numpy()).max()),
           "first_logit_scale": max(1.0, float(ref["first_logits"].abs().max())),
           "label_agreement": float(np.mean([their_labels.get((x, y)) == l
@@ -309,10 +313,10 @@ def assert_matches(d, name, logit_tol=1e-3, tie=1e-4):
   float64 official decoder to 4e-13 at every stage (mask downscaling,
   transformer, hypernetwork, logits). A different chosen candidate is
   accepted only when the mirror scores both within `tie` (a tie broken by
-  float rounding). When n clicks differ (at the cut-off or in their label), n
-  candidates differ,
-  which moves every mean-IoU score by up to 2n / K: the choice may then
-  differ within that margin, and the final masks are not compared.
+  float rounding). When n clicks differ (at the cut-off or in their label),
+  n candidates differ, which moves every mean-IoU score by up to 2n / K: the
+  choice may then differ within that margin, and the final masks are not
+  compared.
   """
   assert d["first_logit_delta"] <= logit_tol * d["first_logit_scale"], (name, d)
   cutoff_tol = max(1e-5, d["first_logit_delta"] / 2)

@@ -66,7 +66,6 @@ def test_fixture_outcome_in_a_pytest_run(tmp_path, ci, outcome):
     assert run.returncode == 0
 
 
-
 # A matmul and a convolution, lowered: the text is the compilation cache's key.
 PROGRAM = """
 import jax, jax.numpy as jnp
